@@ -1,0 +1,14 @@
+"""Task readers, few-shot sampling, batching and MLM masking."""
+
+from jaxpet._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "Example": "example",
+        "load_examples": "tasks",
+        "get_task": "tasks",
+        "register_task": "tasks",
+        "mask_tokens": "masking",
+    },
+)

@@ -1,0 +1,12 @@
+"""Patterns, verbalizers and their token-exact encoding (PVPs)."""
+
+from jaxpet._lazy import lazy_exports
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "PVP": "pvp",
+        "get_pvp": "registry",
+        "register_pvp": "registry",
+    },
+)
