@@ -9,7 +9,7 @@ class Example:
     """One input example.
 
     `label` is the task's label string (e.g. "1", "entailment"), or None for unlabeled data.
-    `meta` holds task-specific fields (COPA choices, WSC spans, MultiRC question ids, ReCoRD candidates...).
+    `meta` holds task-specific fields (COPA choices, WSC spans, MultiRC ids, ReCoRD candidates).
     """
 
     guid: str
