@@ -9,6 +9,8 @@ __getattr__, __dir__ = lazy_exports(
         "load_examples": "tasks",
         "get_task": "tasks",
         "register_task": "tasks",
+        "TaskSpec": "tasks",
+        "task_from_config": "custom",
         "mask_tokens": "masking",
     },
 )

@@ -8,5 +8,13 @@ __getattr__, __dir__ = lazy_exports(
         "PVP": "pvp",
         "get_pvp": "registry",
         "register_pvp": "registry",
+        "Verbalizer": "verbalizer",
+        "pvp_from_config": "template",
+        "TemplateError": "template",
+        "MultiTokenPVP": "multitoken",
+        "encode_multi_token": "multitoken",
+        "encode_multi_token_decoding": "multitoken",
+        "encode_generation": "multitoken",
+        "encode_primed": "priming",
     },
 )
