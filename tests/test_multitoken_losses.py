@@ -1,0 +1,102 @@
+"""Multi-token training losses against numpy ports of the original PET task helpers' math."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxpet import multitoken_losses as mtl
+
+RNG = np.random.default_rng(0)
+B, K, V, PAD = 4, 3, 17, 0
+
+
+def _log_softmax(x):
+    x = np.asarray(x, np.float64)
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def _ce_tokens(lp, targets_BxK):
+    """Per-token CE, 0 where the target is -1 (PyTorch's ignore_index with reduction='none')."""
+    picked = np.take_along_axis(lp, np.maximum(targets_BxK, 0)[..., None], -1)[..., 0]
+    return np.where(targets_BxK >= 0, -picked, 0.0)
+
+
+@pytest.fixture(scope="module")
+def logits():
+    return RNG.normal(size=(B, K, V)).astype(np.float32) * 2
+
+
+def test_generic_multi_mask_hinge(logits):
+    targets = np.array([
+        [[5, 6, 7], [8, -1, -1], [9, 10, -1]],
+        [[1, -1, -1], [2, 3, -1], [4, 4, 4]],
+        [[11, 12, -1], [13, -1, -1], [-1, -1, -1]],  # third candidate is padding
+        [[14, 15, 16], [3, -1, -1], [6, 6, -1]],
+    ])
+    labels = np.array([0, 2, 1, -1])
+    lp = _log_softmax(logits)
+    per_example = []
+    for b in range(B):
+        if labels[b] < 0:
+            continue
+        loss_c = [_ce_tokens(lp[b:b + 1], targets[b:b + 1, c])[0].sum() for c in range(3)]
+        per_example.append(sum(max(0.0, 1 + loss_c[labels[b]] - loss_c[c]) for c in range(3)
+                               if c != labels[b] and (targets[b, c] >= 0).any()))
+    got = jax.jit(mtl.multi_mask_hinge_loss)(logits, targets, labels)
+    np.testing.assert_allclose(got, np.mean(per_example), rtol=1e-5)
+
+
+def _pet_token_mean_hinge(lp, correct_BxK, wrongs):
+    """As the COPA/ReCoRD helpers: CrossEntropyLoss() means over the batch's valid tokens."""
+    def ce(t):
+        valid = t >= 0
+        return _ce_tokens(lp, t).sum() / valid.sum() if valid.any() else np.nan
+    return sum(max(0.0, 1 + ce(correct_BxK) - ce(w)) if not np.isnan(ce(w)) else np.nan
+               for w in wrongs)
+
+
+def test_copa_loss(logits):
+    choices = np.array([
+        [[5, 6, -1], [7, -1, -1]],
+        [[1, 2, 3], [4, 5, -1]],
+        [[9, -1, -1], [10, 11, 12]],
+        [[13, 14, -1], [15, 16, -1]],
+    ])
+    labels = np.array([0, 1, 1, 0])
+    lp = _log_softmax(logits)
+    # PET: correct = choice1 * (1 - label) + choice2 * label, wrong the other one.
+    correct = np.where(labels[:, None] == 1, choices[:, 1], choices[:, 0])
+    wrong = np.where(labels[:, None] == 1, choices[:, 0], choices[:, 1])
+    expected = _pet_token_mean_hinge(lp, correct, [wrong])
+    assert expected > 0
+    np.testing.assert_allclose(jax.jit(mtl.copa_loss)(logits, choices, labels), expected,
+                               rtol=1e-5)
+
+
+def test_record_loss_skips_slot_padded_for_whole_batch(logits):
+    candidates = np.array([
+        [[5, 6, -1], [7, -1, -1], [1, 1, -1], [-1, -1, -1]],
+        [[1, 2, 3], [4, 5, -1], [-1, -1, -1], [-1, -1, -1]],
+        [[9, -1, -1], [10, 11, 12], [2, -1, -1], [-1, -1, -1]],
+        [[13, 14, -1], [-1, -1, -1], [3, 8, -1], [-1, -1, -1]],
+    ])
+    lp = _log_softmax(logits)
+    slots = [candidates[:, c] for c in range(1, 4)]
+    pet_value = _pet_token_mean_hinge(lp, candidates[:, 0], slots)
+    assert np.isnan(pet_value)  # the original code averages slot 3 over zero tokens
+    expected = _pet_token_mean_hinge(lp, candidates[:, 0], slots[:2])
+    got = jax.jit(mtl.record_loss)(logits, candidates)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert np.isfinite(np.asarray(jax.jit(jax.grad(mtl.record_loss))(logits, candidates))).all()
+
+
+def test_wsc_loss_extra_masks_predict_pad(logits):
+    mask_positions = np.array([[4, 5, 6], [4, 5, -1], [7, 8, 9], [3, -1, -1]])
+    targets = np.array([[5, -1, -1], [8, 9, -1], [1, 2, 3], [6, -1, -1]])
+    labels = np.where(targets >= 0, targets, PAD)
+    labels = np.where(mask_positions >= 0, labels, -1)
+    lp = _log_softmax(logits)
+    expected = _ce_tokens(lp, labels).sum() / (labels >= 0).sum()
+    got = jax.jit(mtl.wsc_loss, static_argnums=3)(logits, targets, mask_positions, PAD)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
