@@ -1,0 +1,469 @@
+"""Per-device memory estimate for training a backbone on a mesh, checked before compilation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+GIB = 1024**3
+REMAT_POLICIES = ("none", "dots", "full")
+_DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
+
+
+@dataclass(frozen=True)
+class BackboneShape:
+    """The sizes that decide memory. For T5, `num_layers` is the encoder depth."""
+
+    name: str
+    family: str  # "encoder" (BERT / RoBERTa / XLM-R / ALBERT) or "t5"
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    head_dim: int
+    vocab_size: int
+    max_positions: int = 512
+    type_vocab_size: int = 2
+    embedding_size: int | None = None  # ALBERT's factorised embedding; None = hidden_size
+    shared_layers: bool = False  # ALBERT: one set of layer weights reused by every layer
+    num_decoder_layers: int = 0
+    gated_ffn: bool = False  # T5 v1.1 / mT5 gated-GELU
+    tied_lm_head: bool = True
+    relative_buckets: int = 32
+
+    @property
+    def attention_width(self) -> int:
+        return self.num_heads * self.head_dim
+
+
+def _encoder(name, layers, hidden, heads, ffn, vocab, **kw) -> BackboneShape:
+    return BackboneShape(name, "encoder", layers, hidden, ffn, heads, hidden // heads, vocab, **kw)
+
+
+def _t5(name, layers, d_model, heads, d_kv, d_ff, vocab=32128, **kw) -> BackboneShape:
+    return BackboneShape(name, "t5", layers, d_model, d_ff, heads, d_kv, vocab,
+                         type_vocab_size=0, num_decoder_layers=layers, **kw)
+
+
+# Shapes from each checkpoint's config.json on the Hugging Face hub. The bench sizes
+# tiny/small/base/large are BERT-shaped encoders with a 30522-token vocabulary.
+KNOWN_BACKBONES: dict[str, BackboneShape] = {
+    shape.name: shape
+    for shape in (
+        _encoder("tiny", 2, 128, 2, 512, 30522),
+        _encoder("small", 4, 512, 8, 2048, 30522),
+        _encoder("base", 12, 768, 12, 3072, 30522),
+        _encoder("large", 24, 1024, 16, 4096, 30522),
+        _encoder("bert-base-uncased", 12, 768, 12, 3072, 30522),
+        _encoder("roberta-large", 24, 1024, 16, 4096, 50265, max_positions=514,
+                 type_vocab_size=1),
+        _encoder("albert-xxlarge-v2", 12, 4096, 64, 16384, 30000, embedding_size=128,
+                 shared_layers=True),
+        _t5("t5-3b", 24, 1024, 32, 128, 16384),
+        _t5("t5-11b", 24, 1024, 128, 128, 65536),
+    )
+}
+
+
+def get_backbone(name: str | BackboneShape) -> BackboneShape:
+    """A known backbone by name (see `KNOWN_BACKBONES`), or the shape itself."""
+    if isinstance(name, BackboneShape):
+        return name
+    key = name.lower()
+    for org in ("google-t5/", "google/", "facebookai/", "google-bert/", "albert/"):
+        key = key.removeprefix(org)
+    aliases = {"bert-base": "bert-base-uncased", "albert-xxlarge": "albert-xxlarge-v2"}
+    key = aliases.get(key, key)
+    if key not in KNOWN_BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(KNOWN_BACKBONES)}")
+    return KNOWN_BACKBONES[key]
+
+
+def backbone_from_config(config, name: str | None = None) -> BackboneShape:
+    """Shape from a Hugging Face-style config (transformers config or jaxpet EncoderConfig)."""
+    get = lambda *keys, default=None: next(
+        (getattr(config, k) for k in keys if getattr(config, k, None) not in (None, "")), default)
+    name = name or str(get("name_or_path", "_name_or_path", "model_type", default="custom"))
+    model_type = str(get("model_type", "family", default="")).lower()
+    if model_type in ("t5", "mt5", "umt5") or get("d_model") is not None:
+        layers = int(get("num_layers"))
+        return BackboneShape(
+            name, "t5", layers, int(get("d_model")), int(get("d_ff")), int(get("num_heads")),
+            int(get("d_kv")), int(get("vocab_size")), type_vocab_size=0,
+            num_decoder_layers=int(get("num_decoder_layers", default=layers)),
+            gated_ffn=bool(get("is_gated_act", default=False))
+            or str(get("feed_forward_proj", default="")).startswith("gated"),
+            tied_lm_head=bool(get("tie_word_embeddings", default=True)),
+            relative_buckets=int(get("relative_attention_num_buckets", default=32)))
+    hidden = int(get("hidden_size"))
+    heads = int(get("num_attention_heads"))
+    embedding = get("embedding_size")
+    return BackboneShape(
+        name, "encoder", int(get("num_hidden_layers")), hidden, int(get("intermediate_size")),
+        heads, hidden // heads, int(get("vocab_size")),
+        max_positions=int(get("max_position_embeddings", default=512)),
+        type_vocab_size=int(get("type_vocab_size", default=2)),
+        embedding_size=None if embedding in (None, hidden) else int(embedding),
+        shared_layers=model_type == "albert" or bool(get("shared_layers", default=False)))
+
+
+def parameter_shapes(shape: BackboneShape) -> list[tuple[int, ...]]:
+    """Every parameter tensor's shape, counting shared (ALBERT) and tied weights once."""
+    H, A, V = shape.hidden_size, shape.attention_width, shape.vocab_size
+    I = shape.intermediate_size  # noqa: E741 - the usual name for the FFN width
+    if shape.family == "t5":
+        attention = [(H, A)] * 3 + [(A, H), (H,)]
+        ffn = [(H, I)] * (2 if shape.gated_ffn else 1) + [(I, H), (H,)]
+        bias = [(shape.relative_buckets, shape.num_heads)]
+        encoder = bias + (attention + ffn) * shape.num_layers + [(H,)]
+        decoder = bias + (attention * 2 + ffn) * shape.num_decoder_layers + [(H,)]
+        head = [] if shape.tied_lm_head else [(V, H)]
+        return [(V, H)] + encoder + decoder + head
+    E = shape.embedding_size or H
+    embeddings = [(V, E), (shape.max_positions, E)] + [(E,), (E,)]
+    if shape.type_vocab_size:
+        embeddings.append((shape.type_vocab_size, E))
+    if E != H:
+        embeddings += [(E, H), (H,)]
+    layer = [(H, A), (A,)] * 3 + [(A, H), (H,), (H,), (H,), (H, I), (I,), (I, H), (H,), (H,), (H,)]
+    layers = 1 if shape.shared_layers else shape.num_layers
+    mlm_head = [(H, E), (E,), (E,), (E,), (V,)]  # transform, LayerNorm, output bias; tied decoder
+    return embeddings + layer * layers + mlm_head
+
+
+def count_parameters(shape: BackboneShape | str) -> int:
+    return sum(math.prod(s) for s in parameter_shapes(get_backbone(shape)))
+
+
+def _shard_factor(tensor_shape: tuple[int, ...], fsdp: int, tensor: int) -> int:
+    """How many ways a parameter is split: FSDP on its largest divisible dim, tensor on another.
+
+    Vectors (biases, norm scales) are counted whole: under 1% of any real backbone.
+    """
+    if len(tensor_shape) < 2:
+        return 1
+    dims = sorted(range(len(tensor_shape)), key=lambda d: -tensor_shape[d])
+    fsdp_dim = next((d for d in dims if tensor_shape[d] % fsdp == 0), None)
+    factor = fsdp if fsdp_dim is not None else 1
+    tensor_dim = next((d for d in dims if d != fsdp_dim and tensor_shape[d] % tensor == 0), None)
+    return factor * (tensor if tensor_dim is not None else 1)
+
+
+def _block_activations(attentions: list[tuple[int, int]], shape: BackboneShape, remat: str,
+                       c_bytes: int, dropout: bool, fused_attention: bool) -> tuple[float, float]:
+    """Bytes one transformer layer keeps per example: (replicated, split by `tensor`).
+
+    `attentions` lists (query length, key length) of the layer's attention sub-blocks.
+    `none` is calibrated against XLA's buffer assignment (docs/scale.md): per sub-block a
+    residual sum, the norm's copies (LayerNorm: centred and normalised; T5's RMSNorm:
+    normalised) and the sub-block's output; q, k, v and the attention context; the FFN
+    pre-activation, activation and, for GELU, its inner term; and score-sized tensors: the
+    scores and fp32 exponentials and probabilities, or, with attention dropout, scores, fp32
+    probabilities, the keep mask, the dropped fp32 probabilities and their cast. A fused
+    attention kernel (cuDNN flash attention) keeps no score-sized tensor.
+    `dots` (jax.checkpoint_policies.dots_with_no_batch_dims_saveable) keeps the layer input
+    and the outputs of weight matmuls; `full` (nothing_saveable) keeps the layer input.
+    """
+    H, A, heads, q_len = shape.hidden_size, shape.attention_width, shape.num_heads, attentions[0][0]
+    ffn_in = shape.intermediate_size * (2 if shape.gated_ffn else 1)
+    if remat == "full":
+        return q_len * H * c_bytes, 0.0
+    if remat == "dots":
+        split = sum(q * A + 2 * k * A for q, k in attentions) + q_len * ffn_in
+        return q_len * H * (2 + len(attentions)) * c_bytes, split * c_bytes
+    sub_blocks = len(attentions) + 1
+    per_norm = 3 if shape.family == "t5" else 4
+    replicated = per_norm * sub_blocks * q_len * H * c_bytes
+    replicated += sub_blocks * q_len * H if dropout else 0
+    split = c_bytes * sum(2 * q * A + 2 * k * A for q, k in attentions)
+    gelu = shape.family != "t5" or shape.gated_ffn  # T5 v1.0 uses ReLU: no inner term
+    split += c_bytes * q_len * (ffn_in + shape.intermediate_size * (2 if gelu else 1))
+    if not fused_attention:
+        # Softmax runs in fp32 whatever the compute dtype.
+        per_score = (2 * c_bytes + 9) if dropout else (c_bytes + 8)
+        split += sum(heads * q * k * per_score for q, k in attentions)
+    return replicated, split
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per device of one training step; the inputs are kept so variants can be tried."""
+
+    backbone: BackboneShape
+    batch_size: int
+    seq_len: int
+    target_len: int
+    remat: str
+    compute_dtype: str
+    param_dtype: str
+    data: int
+    fsdp: int
+    tensor: int
+    head_positions: int
+    dropout: bool
+    fused_attention: bool
+    num_parameters: int
+    params_bytes: int
+    optimizer_bytes: int
+    gradients_bytes: int
+    activations_bytes: int
+    transient_bytes: int
+    inputs_bytes: int
+
+    @property
+    def num_devices(self) -> int:
+        return self.data * self.fsdp * self.tensor
+
+    @property
+    def state_bytes(self) -> int:
+        """Parameters plus optimizer state: what lives on the device between steps."""
+        return self.params_bytes + self.optimizer_bytes
+
+    @property
+    def total_bytes(self) -> int:
+        return (self.state_bytes + self.gradients_bytes + self.activations_bytes
+                + self.transient_bytes + self.inputs_bytes)
+
+    def replace(self, **changes) -> MemoryEstimate:
+        """Re-estimate with some inputs changed (batch_size, remat, fsdp, data, ...)."""
+        keys = ("batch_size", "seq_len", "target_len", "remat", "compute_dtype", "param_dtype",
+                "data", "fsdp", "tensor", "head_positions", "dropout", "fused_attention")
+        kwargs = {k: getattr(self, k) for k in keys} | changes
+        return estimate_memory(self.backbone, **kwargs)
+
+    def breakdown(self) -> dict[str, int]:
+        return {"params": self.params_bytes, "optimizer": self.optimizer_bytes,
+                "gradients": self.gradients_bytes, "activations": self.activations_bytes,
+                "transient": self.transient_bytes, "inputs": self.inputs_bytes,
+                "total": self.total_bytes}
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in self.breakdown().items())
+        return (f"{self.backbone.name} ({self.num_parameters / 1e6:.0f}M params), batch "
+                f"{self.batch_size}, seq {self.seq_len}, remat={self.remat}, mesh data="
+                f"{self.data} fsdp={self.fsdp} tensor={self.tensor}: GiB per device: {parts}")
+
+
+def _dtype_bytes(dtype: str) -> int:
+    key = str(dtype).lower().removeprefix("jnp.").removeprefix("numpy.")
+    if key not in _DTYPE_BYTES:
+        raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(_DTYPE_BYTES)}")
+    return _DTYPE_BYTES[key]
+
+
+def estimate_memory(
+    backbone: BackboneShape | str, *, batch_size: int, seq_len: int, target_len: int = 128,
+    remat: str = "none", compute_dtype: str = "bfloat16", param_dtype: str = "float32",
+    data: int = 1, fsdp: int = 1, tensor: int = 1, head_positions: int | None = None,
+    dropout: bool = True, fused_attention: bool = False,
+) -> MemoryEstimate:
+    """Estimate per-device bytes of an AdamW training step.
+
+    batch_size is global; it is split over `data * fsdp` (the batch axes), and the tensor
+    axis splits attention heads and FFN width. `head_positions` is how many positions per
+    example the MLM head runs on (default: 15% of seq_len, as jaxpet runs the head only at
+    loss positions); T5 runs its head on all `target_len` decoder positions. `dropout` adds
+    the keep masks (jaxpet spells attention out when it drops attention probabilities);
+    `fused_attention` says attention runs as a fused kernel that stores no [S, S] scores
+    (e.g. jax.nn.dot_product_attention with implementation="cudnn" on GPU).
+    AdamW keeps two fp32 moments per parameter, plus an fp32 master copy when parameters
+    are stored in a 16-bit dtype; gradients have the parameters' dtype and sharding.
+    """
+    shape = get_backbone(backbone)
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"remat={remat!r}: use one of {', '.join(REMAT_POLICIES)}")
+    for key, value in (("mesh.data", data), ("mesh.fsdp", fsdp), ("mesh.tensor", tensor),
+                       ("batch_size", batch_size), ("seq_len", seq_len)):
+        if int(value) < 1:
+            raise ValueError(f"{key}={value} must be a positive integer")
+    if batch_size % (data * fsdp):
+        raise ValueError(f"batch_size={batch_size} is not divisible by mesh.data * mesh.fsdp = "
+                         f"{data * fsdp}: the batch is split over both axes")
+    p_bytes, c_bytes = _dtype_bytes(param_dtype), _dtype_bytes(compute_dtype)
+    shapes = parameter_shapes(shape)
+    n_params = sum(math.prod(s) for s in shapes)
+    local_params = sum(math.prod(s) / _shard_factor(s, fsdp, tensor) for s in shapes)
+    params = local_params * p_bytes
+    optimizer = local_params * (8 + (4 if p_bytes < 4 else 0))
+    gradients = local_params * p_bytes
+
+    per_device = batch_size // (data * fsdp)
+    S, T, H, V = seq_len, target_len, shape.hidden_size, shape.vocab_size
+    # (number of layers, their attention sub-blocks as (query length, key length))
+    layers: list[tuple[int, list[tuple[int, int]]]]
+    if shape.family == "t5":
+        layers = [(shape.num_layers, [(S, S)]), (shape.num_decoder_layers, [(T, T), (T, S)])]
+        head_len, embed = T, (S + T) * H
+    else:
+        layers = [(shape.num_layers, [(S, S)])]
+        head_len = head_positions if head_positions is not None else max(1, math.ceil(0.15 * S))
+        embed = S * (shape.embedding_size or H) + S * H
+    saved = embed * c_bytes + 2 * head_len * V * 4  # fp32 logits and their log-softmax
+    worst_layer = 0.0
+    for count, attentions in layers:
+        rep, split = _block_activations(attentions, shape, remat, c_bytes, dropout,
+                                        fused_attention)
+        saved += count * (rep + split / tensor)
+        if remat != "none":  # the backward pass rebuilds one layer's full activations
+            rep, split = _block_activations(attentions, shape, "none", c_bytes, dropout,
+                                            fused_attention)
+            worst_layer = max(worst_layer, rep + split / tensor)
+    activations = per_device * saved
+    transient = per_device * worst_layer
+    # Weights are used in compute dtype: a converted local copy, or under FSDP, gathered
+    # layers in flight (two: the one in use and the one being prefetched).
+    if fsdp > 1:
+        per_layer = n_params / max(1, shape.num_layers + shape.num_decoder_layers)
+        transient += 2 * per_layer * c_bytes / tensor
+    elif c_bytes != p_bytes:
+        transient += local_params * c_bytes
+    inputs = per_device * (S + T if shape.family == "t5" else S) * 4 * 3  # ids, mask, types
+    return MemoryEstimate(
+        shape, batch_size, seq_len, target_len, remat, compute_dtype, param_dtype, data, fsdp,
+        tensor, head_len, dropout, fused_attention, n_params, int(params), int(optimizer),
+        int(gradients), int(activations), int(transient), int(inputs))
+
+
+class DoesNotFit(ValueError):
+    """The estimate says a training step will not fit in device memory."""
+
+
+def _suggestions(estimate: MemoryEstimate, budget: float) -> list[str]:
+    fits = lambda e: e.total_bytes <= budget
+    tips = []
+    batch_devices = estimate.data * estimate.fsdp
+    for fsdp in _divisors(batch_devices):
+        if fsdp > estimate.fsdp:
+            alt = estimate.replace(fsdp=fsdp, data=batch_devices // fsdp)
+            if fits(alt):
+                tips.append(f"shard parameters wider: mesh.fsdp={fsdp} mesh.data="
+                            f"{batch_devices // fsdp} ({alt.total_bytes / GIB:.1f} GiB)")
+                break
+    for policy in REMAT_POLICIES[REMAT_POLICIES.index(estimate.remat) + 1:]:
+        alt = estimate.replace(remat=policy)
+        if fits(alt):
+            how = "model.remat=true" if policy == "full" else "a dots checkpoint policy"
+            tips.append(f"rematerialise: remat={policy} ({how}; {alt.total_bytes / GIB:.1f} GiB)")
+            break
+    batch = estimate.batch_size
+    while batch % 2 == 0 and batch // 2 >= batch_devices and batch // 2 % batch_devices == 0:
+        batch //= 2
+        alt = estimate.replace(batch_size=batch)
+        if fits(alt):
+            steps = estimate.batch_size // batch
+            tips.append(f"smaller micro-batch: training.train_batch_size={batch} with "
+                        f"training.accumulation_steps={steps} keeps the effective batch "
+                        f"({alt.total_bytes / GIB:.1f} GiB)")
+            break
+    if not tips:
+        state = estimate.replace(fsdp=batch_devices, data=1, remat="full", batch_size=batch_devices)
+        whole = (state.state_bytes + state.gradients_bytes) * estimate.num_devices
+        need = math.ceil(whole / max(budget, 1))
+        tips.append(f"nothing tried on {estimate.num_devices} devices fits; parameters, "
+                    f"gradients and optimizer state alone need more than {max(need, 1) - 1} "
+                    "devices of this size with full FSDP; use a larger slice or a smaller "
+                    "backbone")
+    return tips
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def check_fits(estimate: MemoryEstimate, device_memory_bytes: float,
+               usable_fraction: float = 0.9) -> MemoryEstimate:
+    """Raise `DoesNotFit` naming what to change when the estimate exceeds device memory.
+
+    `usable_fraction` leaves room for XLA's own buffers and fragmentation. Returns the
+    estimate unchanged when it fits, so calls can be chained.
+    """
+    budget = device_memory_bytes * usable_fraction
+    if estimate.total_bytes <= budget:
+        return estimate
+    tips = "\n  - ".join(_suggestions(estimate, budget))
+    raise DoesNotFit(
+        f"estimated {estimate.total_bytes / GIB:.1f} GiB per device exceeds "
+        f"{budget / GIB:.1f} GiB ({usable_fraction:.0%} of {device_memory_bytes / GIB:.1f} GiB) "
+        f"for {estimate.describe()}.\nTo fit, try one of:\n  - {tips}")
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """An accelerator slice as JAX sees it: devices and bytes of memory per device."""
+
+    name: str
+    num_devices: int
+    device_memory_bytes: int
+    hosts: int
+    source: str
+
+
+_TPU_DOCS = "https://cloud.google.com/tpu/docs/"
+# HBM per JAX device. v4 and v5p chips are one megacore device each; v5e/v6e have one
+# TensorCore per chip; v3 shows each of a chip's two cores (16 GiB each) as a device.
+SLICES: dict[str, DeviceSpec] = {
+    s.name: s
+    for s in (
+        DeviceSpec("v3-8", 8, 16 * GIB, 1, _TPU_DOCS + "v3 (32 GiB HBM per chip, 2 cores)"),
+        DeviceSpec("v4-8", 4, 32 * GIB, 1, _TPU_DOCS + "v4 (32 GiB HBM2 per chip)"),
+        DeviceSpec("v4-32", 16, 32 * GIB, 4, _TPU_DOCS + "v4 (32 GiB HBM2 per chip)"),
+        DeviceSpec("v5e-8", 8, 16 * GIB, 1, _TPU_DOCS + "v5e (16 GB HBM2 per chip)"),
+        DeviceSpec("v5e-32", 32, 16 * GIB, 8, _TPU_DOCS + "v5e (16 GB HBM2 per chip)"),
+        DeviceSpec("v5p-8", 4, 95 * GIB, 1, _TPU_DOCS + "v5p (95 GB HBM2e per chip)"),
+        DeviceSpec("v5p-32", 16, 95 * GIB, 4, _TPU_DOCS + "v5p (95 GB HBM2e per chip)"),
+        DeviceSpec("v6e-8", 8, 32 * GIB, 1, _TPU_DOCS + "v6e (32 GB HBM per chip)"),
+        DeviceSpec("H100-80GB", 1, 80 * GIB, 1, "NVIDIA H100 SXM datasheet (80 GB HBM3)"),
+        DeviceSpec("8xH100-80GB", 8, 80 * GIB, 1, "NVIDIA H100 SXM datasheet (80 GB HBM3)"),
+    )
+}
+
+
+def best_fit(backbone: BackboneShape | str, device: DeviceSpec | str, *, seq_len: int = 256,
+             batch_per_device: int = 8, usable_fraction: float = 0.9,
+             **kwargs) -> MemoryEstimate | None:
+    """The first setup that fits: remat none, dots, full; for each, the smallest fsdp."""
+    device = SLICES[device] if isinstance(device, str) else device
+    budget = device.device_memory_bytes * usable_fraction
+    n = device.num_devices
+    for remat in REMAT_POLICIES:
+        for fsdp in _divisors(n):
+            est = estimate_memory(backbone, batch_size=batch_per_device * n, seq_len=seq_len,
+                                  remat=remat, data=n // fsdp, fsdp=fsdp, **kwargs)
+            if est.total_bytes <= budget:
+                return est
+    return None
+
+
+def fits_table(backbones: Iterable[BackboneShape | str] = ("bert-base-uncased", "roberta-large",
+                                                           "albert-xxlarge-v2", "t5-3b",
+                                                           "t5-11b"),
+               slices: Sequence[str] = tuple(SLICES), **kwargs) -> str:
+    """A markdown table: for each backbone and slice, the cheapest fitting setup or `no`."""
+    slices = list(slices)
+    lines = ["| backbone | params | " + " | ".join(slices) + " |",
+             "|---|---:|" + "---|" * len(slices)]
+    for backbone in backbones:
+        shape = get_backbone(backbone)
+        cells = []
+        for name in slices:
+            est = best_fit(shape, name, **kwargs)
+            if est is None:
+                cells.append("no")
+                continue
+            setup = [f"fsdp={est.fsdp}"] if est.fsdp > 1 else []
+            setup += [f"remat={est.remat}"] if est.remat != "none" else []
+            cells.append(f"{' '.join(setup) or 'yes'} ({est.total_bytes / GIB:.1f} GiB)")
+        lines.append(f"| {shape.name} | {count_parameters(shape) / 1e6:,.0f}M | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def device_memory_bytes(device=None) -> int | None:
+    """Bytes a JAX device may allocate (`memory_stats()['bytes_limit']`), None if unknown."""
+    import jax
+
+    device = device or jax.local_devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return int(stats["bytes_limit"]) if stats and "bytes_limit" in stats else None
+
