@@ -1,0 +1,71 @@
+"""Orbax checkpoints of a train state: asynchronous saves, latest-step resume, sharded restore.
+
+A checkpoint holds the whole state pytree (step, params, opt_state). Restores go into the
+shardings of a target state, so a run can resume on a different mesh. Orbax writes into a
+temporary folder and renames it when complete, so a process killed mid-save leaves the
+previous checkpoint as the latest one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Thin wrapper over ocp.CheckpointManager keeping the `max_to_keep` latest steps."""
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2, save_every: int = 0):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self.save_every = int(save_every)
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
+            enable_async_checkpointing=True,
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def save(self, step: int, state: Any, force: bool = False) -> bool:
+        """Starts an asynchronous save of `state` at `step` when forced or on a save_every step.
+
+        Returns whether a save started. The device-to-host copy finishes before this returns,
+        so the state may be donated right after.
+        """
+        step = int(step)
+        if not force and not (self.save_every and step % self.save_every == 0):
+            return False
+        if step in self.manager.all_steps():
+            return False
+        return bool(self.manager.save(step, args=ocp.args.StandardSave(state), force=True))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def restore(self, step: int | None, target_state: Any) -> Any:
+        """The state saved at `step` (None: latest), placed like `target_state`."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target_state
+        )
+        return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
