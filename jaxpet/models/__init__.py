@@ -1,4 +1,4 @@
-"""Flax models of the masked LMs (BERT, RoBERTa, XLM-R, ALBERT) and T5, with HF checkpoint conversion."""
+"""Flax masked LMs (BERT, RoBERTa, XLM-R, ALBERT) and T5, with HF checkpoint conversion."""
 
 from jaxpet._lazy import lazy_exports
 
@@ -8,5 +8,12 @@ __getattr__, __dir__ = lazy_exports(
         "load_pretrained": "pretrained",
         "save_pretrained": "pretrained",
         "LoadedModel": "pretrained",
+        "init_model": "pretrained",
+        "logical_partition_specs": "pretrained",
+        "EncoderConfig": "config",
+        "T5Config": "t5_config",
+        "T5": "t5",
+        "load_t5": "t5_convert",
+        "save_t5": "t5_convert",
     },
 )
