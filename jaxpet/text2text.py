@@ -1,0 +1,393 @@
+"""The `method: text2text` run: T5 fine-tuning with task prefixes on local files, then decoding.
+
+`run(config, output_dir=None)` reads the training (and evaluation) file with a jaxpet.t2t_readers
+reader, renders (inputs, targets) strings with a jaxpet.t2t_tasks format or a config template,
+tokenizes them to static lengths, trains with the engine (teacher forcing, padded target tokens
+masked, optional label smoothing and z-loss; resumable from orbax checkpoints), generates the
+evaluation outputs with jitted greedy or beam search and scores them with the task's metric
+(optionally also rank classification over the label strings). The output folder holds
+config.yaml, metrics.jsonl, predictions.jsonl, results.json, checkpoints/ and model/ (HF layout).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import OmegaConf
+
+from jaxpet import outputs, t2t_metrics, t2t_readers, t2t_tasks
+from jaxpet.decoding.seq2seq import generate, shift_right, strip_after_eos
+from jaxpet.losses import seq2seq_loss
+from jaxpet.t5_pet import make_t5_label_scores_fn, pad_targets
+from jaxpet.text2text_config import (
+    DEFAULT_METRIC,
+    Text2TextConfig,
+    Text2TextRunConfig,
+    load_text2text_config,
+)
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "target_ids", "target_mask")
+STSB_LABELS = tuple(f"{i / 5:.1f}" for i in range(26))
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """One JSON object per line (blank lines skipped); errors name the file and line."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such data file")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise t2t_readers.DataFileError(f"{path}:{line_no}: invalid JSON ({err.msg})") \
+                    from None
+            if not isinstance(record, dict):
+                raise t2t_readers.DataFileError(f"{path}:{line_no}: expected a JSON object")
+            record.setdefault("id", str(line_no))
+            records.append(record)
+    return records
+
+
+def read_records(section: Text2TextConfig, file_name: str, limit: int = -1
+                 ) -> list[dict[str, Any]]:
+    """The records of one split through the configured reader (first `limit`; -1 = all)."""
+    path = os.path.join(section.data_dir, file_name) if section.data_dir else file_name
+    options = dict(section.reader_options)
+    if section.reader == "translation":
+        records = t2t_readers.read_translation(path, **options)
+    elif section.reader == "cnn_dailymail":
+        records = t2t_readers.read_cnn_dailymail(path)
+    elif section.reader == "glue_tsv":
+        records = t2t_readers.read_glue_tsv(path, options["task"])
+    elif section.reader == "squad":
+        records = t2t_readers.read_squad(path)
+    else:
+        records = read_jsonl(path)
+    if not records:
+        raise t2t_readers.DataFileError(f"{path}: no records")
+    return records if limit < 0 else records[:limit]
+
+
+def format_config(section: Text2TextConfig) -> dict[str, Any]:
+    """The jaxpet.t2t_tasks.format_records config of a section."""
+    config = {"format": section.format, **dict(section.format_options)}
+    if section.format == "template":
+        config.update(inputs=section.template_inputs, targets=section.template_targets)
+    return config
+
+
+def render(section: Text2TextConfig, records: Sequence[Mapping[str, Any]]
+           ) -> list[t2t_tasks.TextPair]:
+    return t2t_tasks.format_records(records, format_config(section))
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int
+             ) -> tuple[np.ndarray, np.ndarray, int]:
+    """(ids [N, max_length], mask, number of texts cut); every row ends with EOS (T5 style), a
+    text longer than max_length keeps its first max_length - 1 tokens and the EOS."""
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    token_lists = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
+    cut = 0
+    rows = []
+    for tokens in token_lists:
+        if not tokens or tokens[-1] != eos:
+            tokens = [*tokens, eos]
+        if len(tokens) > max_length:
+            tokens = [*tokens[: max_length - 1], eos]
+            cut += 1
+        rows.append(tokens)
+    ids_NxT, mask_NxT = pad_targets(rows, max_length, pad)
+    return ids_NxT, mask_NxT, cut
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[t2t_tasks.TextPair], max_input_length: int,
+                 max_target_length: int, where: str, with_targets: bool = True
+                 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """input_ids/attention_mask [N, S] (+ target_ids/target_mask [N, T]) and cut counts."""
+    ids, mask, cut_inputs = tokenize(tokenizer, [p.inputs for p in pairs], max_input_length)
+    arrays = {"input_ids": ids, "attention_mask": mask}
+    cut = {"inputs": cut_inputs}
+    if with_targets:
+        missing = [p.guid for p in pairs if p.targets is None]
+        if missing:
+            raise ValueError(f"{where}: {len(missing)} example(s) have no target, e.g. id "
+                             f"{missing[0]!r}")
+        tids, tmask, cut_targets = tokenize(tokenizer, [p.targets for p in pairs],
+                                            max_target_length)
+        arrays.update(target_ids=tids, target_mask=tmask)
+        cut["targets"] = cut_targets
+    for kind, count in cut.items():
+        if count:
+            key = "max_seq_length" if kind == "inputs" else "max_target_length"
+            warnings.warn(f"{where}: {count} of {len(pairs)} {kind} are longer than "
+                          f"text2text.{key} and were cut", stacklevel=2)
+    return arrays, cut
+
+
+def make_seq2seq_loss(apply_fn: Callable, *, start_id: int = 0, pad_id: int = 0,
+                      label_smoothing: float = 0.0, z_loss: float = 0.0, dropout: bool = False
+                      ) -> Callable[[Any, Mapping[str, jax.Array], jax.Array],
+                                    tuple[jax.Array, dict]]:
+    """loss_fn(params, batch, rng) for teacher-forced T5 training.
+
+    batch: input_ids, attention_mask [B, S], target_ids, target_mask [B, T]. The decoder sees
+    shift_right(targets); target tokens where target_mask is 0 do not count. dropout=True uses
+    the model's dropout with the step's rng. aux: token_accuracy, target_tokens."""
+
+    def loss_fn(params: Any, batch: Mapping[str, jax.Array], rng: jax.Array
+                ) -> tuple[jax.Array, dict]:
+        weights_BxT = batch["target_mask"].astype(jnp.float32)
+        targets_BxT = jnp.where(weights_BxT > 0, batch["target_ids"], pad_id)
+        decoder_in_BxT = shift_right(targets_BxT, start_id, pad_id)
+        logits_BxTxV = apply_fn({"params": params}, batch["input_ids"], batch["attention_mask"],
+                                decoder_input_ids=decoder_in_BxT, deterministic=not dropout,
+                                rngs={"dropout": rng} if dropout else {})
+        loss = seq2seq_loss(logits_BxTxV, targets_BxT, weights_BxT, label_smoothing, z_loss)
+        tokens = jnp.sum(weights_BxT)
+        hits = jnp.sum((jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT) * weights_BxT)
+        return loss, {"token_accuracy": hits / jnp.maximum(tokens, 1.0), "target_tokens": tokens}
+
+    return loss_fn
+
+
+def metric_name(section: Text2TextConfig) -> str:
+    return DEFAULT_METRIC[section.format] if section.metric == "auto" else section.metric
+
+
+def compute_metric(name: str, predictions: Sequence[str], pairs: Sequence[t2t_tasks.TextPair],
+                   records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The metric on decoded strings against the pairs' targets (SQuAD: all gold answers;
+    STS-B: the records' unrounded scores when present)."""
+    if name == "none":
+        return {}
+    if name == "squad":
+        return t2t_metrics.squad(predictions, [p.meta.get("answers") or [p.targets]
+                                               for p in pairs])
+    references = [p.targets for p in pairs]
+    if name == "correlation":
+        if all(isinstance(r.get("label"), (int, float)) for r in records):
+            references = [float(r["label"]) for r in records]
+        return t2t_metrics.correlations(predictions, references)
+    return {"bleu": t2t_metrics.bleu, "rouge": t2t_metrics.rouge,
+            "accuracy": t2t_metrics.accuracy}[name](predictions, references)
+
+
+def label_strings(section: Text2TextConfig) -> list[str]:
+    """Candidate outputs for rank classification: the config's labels or the format's own."""
+    if section.labels:
+        return list(section.labels)
+    if section.format == "mnli":
+        return list(t2t_tasks.MNLI_LABELS)
+    if section.format == "stsb":
+        return list(STSB_LABELS)
+    if section.format == "glue" and section.format_options.get("label_names"):
+        return [str(x) for x in section.format_options["label_names"]]
+    raise ValueError("config key 'text2text.labels' must list the label strings for "
+                     f"rank_classification with format {section.format!r}")
+
+
+def generate_texts(lm: Any, params: Any, arrays: Mapping[str, np.ndarray],
+                   section: Text2TextConfig, batch_size: int, mesh: Any) -> list[str]:
+    """Greedy / beam outputs of every row, decoded to strings (one compiled program)."""
+    from jaxpet.models import LoadedModel
+    from jaxpet.training import predict
+
+    steps = section.max_new_tokens or section.max_target_length
+
+    def generate_fn(p: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
+        model = LoadedModel(lm.module, p, lm.config)
+        return generate(model, batch["input_ids"], batch["attention_mask"], steps,
+                        section.num_beams, section.length_penalty)
+
+    inputs = {k: arrays[k] for k in ("input_ids", "attention_mask")}
+    tokens_NxT = predict(generate_fn, params, inputs, batch_size, mesh)
+    rows = strip_after_eos(tokens_NxT, lm.config.eos_token_id)
+    return [t.strip() for t in lm.tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+
+def rank_scores(lm: Any, params: Any, arrays: Mapping[str, np.ndarray], labels: Sequence[str],
+                batch_size: int, mesh: Any) -> np.ndarray:
+    """[N, L] sum log p of every label string (with its EOS) given each input."""
+    from jaxpet.training import predict
+
+    tokens = lm.tokenizer(list(labels), add_special_tokens=True)["input_ids"]
+    ids_LxT, mask_LxT = pad_targets(tokens, pad_id=lm.config.pad_token_id)
+    fn = make_t5_label_scores_fn(lm.module.apply, ids_LxT, mask_LxT,
+                                 start_id=lm.config.decoder_start_token_id,
+                                 pad_id=lm.config.pad_token_id)
+    inputs = {k: arrays[k] for k in ("input_ids", "attention_mask")}
+    return predict(fn, params, inputs, batch_size, mesh)
+
+
+def _train(config: Text2TextRunConfig, lm: Any, arrays: dict[str, np.ndarray], mesh: Any,
+           out: Path, compiler_options: dict[str, Any] | None = None
+           ) -> tuple[Any, int, float]:
+    from jaxpet.checkpoint import Checkpointer
+    from jaxpet.data.batching import Batcher
+    from jaxpet.optim import make_learning_rate_fn, make_optimizer
+    from jaxpet.pet import num_updates
+    from jaxpet.training import Trainer, fit
+
+    section = config.text2text
+    updates = num_updates(section, len(arrays["input_ids"]))
+    optimizer = make_optimizer(section.learning_rate, updates, section.warmup_steps,
+                               section.weight_decay, section.adam_epsilon,
+                               section.max_grad_norm, section.accumulation_steps)
+    lr_fn = make_learning_rate_fn(section.learning_rate, updates, section.warmup_steps,
+                                  section.accumulation_steps)
+    loss_fn = make_seq2seq_loss(
+        lm.module.apply, start_id=lm.config.decoder_start_token_id,
+        pad_id=lm.config.pad_token_id, label_smoothing=section.label_smoothing,
+        z_loss=section.z_loss, dropout=getattr(lm.config, "dropout_rate", 0.0) > 0.0)
+    trainer = Trainer(loss_fn, optimizer, mesh, learning_rate_fn=lr_fn,
+                      compiler_options=compiler_options)
+    state = trainer.init(lm.params)
+    checkpointer = None
+    if config.checkpoint.every:
+        checkpointer = Checkpointer(out / "checkpoints", config.checkpoint.keep,
+                                    config.checkpoint.every)
+    start = time.perf_counter()
+    batcher = Batcher(groups={"": (arrays, section.train_batch_size, config.seed)}, mesh=mesh,
+                      buckets=None)
+    with outputs.MetricsWriter(out, tensorboard=config.logging.tensorboard) as writer:
+        log = outputs.ThroughputLog(batcher, writer)
+        state = fit(trainer, state, log.batch, updates * section.accumulation_steps,
+                    seed=config.seed, checkpointer=checkpointer, log_every=config.logging.every,
+                    metrics_writer=log.write, progress=config.logging.progress)
+    if checkpointer is not None:
+        checkpointer.close()
+    return state.params, updates, time.perf_counter() - start
+
+
+def evaluate(config: Text2TextRunConfig, lm: Any, params: Any, mesh: Any,
+             out: Path) -> dict[str, Any]:
+    """Decodes the evaluation file, scores it and writes predictions.jsonl."""
+    section = config.text2text
+    records = read_records(section, section.eval_file, section.eval_examples)
+    pairs = render(section, records)
+    labeled = all(p.targets is not None for p in pairs)
+    arrays, cut = encode_pairs(lm.tokenizer, pairs, section.max_seq_length,
+                               section.max_target_length, section.eval_file, with_targets=False)
+    batch_size = config.eval.batch_size
+    predictions = generate_texts(lm, params, arrays, section, batch_size, mesh)
+    name = metric_name(section)
+    result: dict[str, Any] = {"num_eval": len(pairs), "metric": name, "cut_inputs": cut["inputs"],
+                              "metrics": compute_metric(name, predictions, pairs, records)
+                              if labeled else {}}
+    if not labeled:
+        print(f"{section.eval_file}: some examples have no target; wrote predictions only")
+    ranked = None
+    if section.rank_classification:
+        labels = label_strings(section)
+        scores_NxL = rank_scores(lm, params, arrays, labels, batch_size, mesh)
+        ranked = [labels[int(i)] for i in np.argmax(scores_NxL, axis=-1)]
+        outputs.write_npy(out / "rank_scores.npy", scores_NxL)
+        result["rank_classification"] = (compute_metric(name, ranked, pairs, records)
+                                         if labeled else {})
+    records_out = []
+    for i, pair in enumerate(pairs):
+        row = {"guid": pair.guid, "inputs": pair.inputs, "prediction": predictions[i],
+               "target": pair.targets}
+        if ranked is not None:
+            row["rank_prediction"] = ranked[i]
+        records_out.append(row)
+    outputs.write_jsonl(out / "predictions.jsonl", records_out)
+    return result
+
+
+def save_model(lm: Any, params: Any, folder: Path) -> None:
+    """The fine-tuned model in HF layout (config, safetensors, tokenizer), from process 0."""
+    from jaxpet.models.t5_convert import save_t5
+
+    params = jax.device_get(params)
+    if jax.process_index() != 0:
+        return
+    save_t5(lm.module, params, lm.config, str(folder))
+    if lm.tokenizer is not None:
+        lm.tokenizer.save_pretrained(str(folder))
+
+
+def load_model(config: Text2TextRunConfig) -> Any:
+    from jaxpet.models import load_pretrained
+
+    lm = load_pretrained(config.model.name, head="seq2seq", dtype=jnp.dtype(config.model.dtype),
+                         seed=config.seed)
+    if lm.tokenizer is None:
+        raise ValueError(f"model {config.model.name!r} has no tokenizer files")
+    return lm
+
+
+def run(config: Any, output_dir: str | os.PathLike | None = None, *,
+        compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Trains and evaluates one text-to-text model; writes and returns results.json's content.
+
+    config: a `Text2TextRunConfig`, the full experiment `Config` (its `text2text` section and
+    model/mesh/checkpoint/eval/logging), a mapping, or a YAML path (see load_text2text_config).
+    output_dir overrides config.output_dir. A rerun in the same folder resumes training from
+    the latest checkpoint (checkpoint.every > 0) and ends with the same parameters.
+    compiler_options go to the train step's jax.jit (jaxpet.training.FAST_CPU_COMPILE for quick
+    CPU tests).
+    """
+    from jaxpet.pet import build_mesh, check_batch_sizes, enable_compilation_cache
+
+    start = time.perf_counter()
+    config = load_text2text_config(config, output_dir=output_dir)
+    section = config.text2text
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    outputs.write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
+    enable_compilation_cache(config.compilation_cache)
+    mesh = build_mesh(config)
+    check_batch_sizes(mesh, {"text2text.train_batch_size": section.train_batch_size})
+    lm = load_model(config)
+    train_records = read_records(section, section.train_file, section.train_examples)
+    train_arrays, cut = encode_pairs(lm.tokenizer, render(section, train_records),
+                                     section.max_seq_length, section.max_target_length,
+                                     section.train_file)
+    print(f"text2text ({section.format}): {len(train_records)} training examples from "
+          f"{section.train_file}; model {config.model.name}; {mesh.devices.size} device(s)")
+    params, updates, seconds = _train(config, lm, train_arrays, mesh, out, compiler_options)
+    results: dict[str, Any] = {
+        "method": "text2text", "model": config.model.name, "format": section.format,
+        "train_file": section.train_file, "eval_file": section.eval_file,
+        "num_train": len(train_records), "steps": updates, "train_time_s": seconds,
+        "cut_train_inputs": cut["inputs"], "cut_train_targets": cut["targets"]}
+    if section.save_model:
+        save_model(lm, params, out / "model")
+        results["model_dir"] = str(out / "model")
+    if section.eval_file:
+        results.update(evaluate(config, lm, params, mesh, out))
+    results["wall_time_s"] = time.perf_counter() - start
+    outputs.write_json(out / "results.json", results)
+    print(json.dumps({k: results[k] for k in ("metrics", "rank_classification") if k in results}))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m jaxpet.text2text --config FILE.yaml [key=value ...]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m jaxpet.text2text",
+                                     description="Fine-tune and evaluate a T5 text-to-text model.")
+    parser.add_argument("--config", required=True, help="experiment YAML (method: text2text)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    args = parser.parse_args(argv)
+    run(load_text2text_config(args.config, args.overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
