@@ -4,22 +4,39 @@ A checkpoint holds the whole state pytree (step, params, opt_state). Restores go
 shardings of a target state, so a run can resume on a different mesh. Orbax writes into a
 temporary folder and renames it when complete, so a process killed mid-save leaves the
 previous checkpoint as the latest one.
+
+Multi-host: every process calls save and restore (they are collective) with the same folder
+on storage that all hosts share (a common mount or a `gs://` URL); each process writes and
+reads only the shards of its own devices, so a restore never gathers the state on one host.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
 
+def checkpoint_directory(directory: str | os.PathLike) -> str:
+    """An absolute local path, or a URL (gs://, s3://, ...) passed through untouched to orbax."""
+    text = os.fspath(directory)
+    if "://" in text:
+        return text
+    # pathlib turns "gs://bucket/run" into "gs:/bucket/run"; give such a URL its "//" back.
+    collapsed = re.match(r"^([a-z][a-z0-9+.-]+):/([^/].*)$", text)
+    if collapsed:
+        return f"{collapsed.group(1)}://{collapsed.group(2)}"
+    return os.path.abspath(os.path.expanduser(text))
+
+
 class Checkpointer:
     """Thin wrapper over ocp.CheckpointManager keeping the `max_to_keep` latest steps."""
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2, save_every: int = 0):
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = checkpoint_directory(directory)
         self.save_every = int(save_every)
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),

@@ -218,28 +218,74 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return getattr(cfg, key, default)
 
 
-def maybe_initialize_distributed(cfg: Any = None) -> bool:
-    """Calls jax.distributed.initialize when the config or the environment asks for it.
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
 
-    cfg (a mapping or object, e.g. the `distributed` config section) may hold `enabled`,
-    `coordinator_address`, `num_processes`, `process_id`, `local_device_ids`. Without cfg, the
-    environment decides: JAXPET_DISTRIBUTED=1, or JAX_COORDINATOR_ADDRESS set (unset keys are
-    left to JAX's own cluster detection: Cloud TPU, Slurm, Kubernetes...). Must run before any
-    other JAX call. Returns True when distributed JAX is (now) initialised.
+
+def _device_ids(value: Any, source: str) -> list[int] | None:
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        return [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"{source}: expected comma-separated device ids, got {value!r}") from None
+
+
+def distributed_settings(cfg: Any = None) -> dict[str, Any] | None:
+    """The keyword arguments for jax.distributed.initialize, or None when not asked for.
+
+    Config fields win over the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+    JAX_PROCESS_ID, JAX_LOCAL_DEVICE_IDS, as tpu/gpu_launch.sh sets them). Distributed JAX is
+    asked for by `enabled: true`, by JAXPET_DISTRIBUTED=1, or by a coordinator address; unset
+    keys are left to JAX's own cluster detection (Cloud TPU, Slurm, Kubernetes...).
     """
-    if jax.distributed.is_initialized():
-        return True
     address = _get(cfg, "coordinator_address") or os.environ.get("JAX_COORDINATOR_ADDRESS")
     enabled = _get(cfg, "enabled")
     if enabled is None:
         enabled = bool(address) or os.environ.get("JAXPET_DISTRIBUTED", "0") == "1"
     if not enabled:
-        return False
+        return None
+    num_processes = _get(cfg, "num_processes")
+    process_id = _get(cfg, "process_id")
+    local_ids = _device_ids(_get(cfg, "local_device_ids"), "distributed.local_device_ids")
     kwargs = {
-        "coordinator_address": address,
-        "num_processes": _get(cfg, "num_processes"),
-        "process_id": _get(cfg, "process_id"),
-        "local_device_ids": _get(cfg, "local_device_ids"),
+        "coordinator_address": address or None,
+        "num_processes": _env_int("JAX_NUM_PROCESSES") if num_processes is None else num_processes,
+        "process_id": _env_int("JAX_PROCESS_ID") if process_id is None else process_id,
+        "local_device_ids": local_ids
+        if local_ids is not None
+        else _device_ids(os.environ.get("JAX_LOCAL_DEVICE_IDS"), "JAX_LOCAL_DEVICE_IDS"),
     }
-    jax.distributed.initialize(**{k: v for k, v in kwargs.items() if v is not None})
+    return {k: (int(v) if k in ("num_processes", "process_id") else v)
+            for k, v in kwargs.items() if v is not None}
+
+
+def maybe_initialize_distributed(cfg: Any = None) -> bool:
+    """Calls jax.distributed.initialize when the config or the environment asks for it.
+
+    cfg (a mapping or object, e.g. the `distributed` config section) may hold `enabled`,
+    `coordinator_address`, `num_processes`, `process_id`, `local_device_ids`; see
+    `distributed_settings` for the environment variables. On a Cloud TPU VM, `enabled: true`
+    (or JAXPET_DISTRIBUTED=1) alone suffices: JAX finds its peers itself. CPU processes
+    exchange collectives through gloo. Must run before any other JAX call. Returns True when
+    distributed JAX is (now) initialised.
+    """
+    if jax.distributed.is_initialized():
+        return True
+    kwargs = distributed_settings(cfg)
+    if kwargs is None:
+        return False
+    # Only the CPU backend uses this; without it CPU processes cannot run cross-process programs.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kwargs)
     return True

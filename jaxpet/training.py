@@ -24,6 +24,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxpet.sharding import (
     batch_divisor,
@@ -177,6 +178,51 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+class StopVote:
+    """All processes agree, at the same step, whether any one of them was asked to stop.
+
+    A SIGTERM reaches one host (or some hosts) of a multi-host run; stopping only there would
+    leave the others hanging in the next collective. So every `every` steps each process
+    contributes its local flag to a tiny max-reduction over all devices, dispatched
+    asynchronously and read one step later (by then it has run after the previous train step),
+    which keeps the host from waiting on the device. Every process reads the same reduced
+    value at the same step and so stops at the same step. A single process decides alone.
+    """
+
+    def __init__(self, mesh: Mesh, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"stop_check_every must be >= 1, got {every}")
+        self.every = int(every)
+        self.multi = jax.process_count() > 1
+        self._pending: jax.Array | None = None
+        if self.multi:
+            devices = mesh.devices.reshape(-1)
+            vote_mesh = Mesh(devices, ("all",))
+            self._sharding = NamedSharding(vote_mesh, P("all"))
+            self._shape = (devices.size,)
+            me = jax.process_index()
+            self._local = [d for d in devices if d.process_index == me]
+            self._reduce = jax.jit(jnp.max, out_shardings=NamedSharding(vote_mesh, P()))
+
+    def _cast(self, flag: bool) -> None:
+        value = np.full((1,), int(flag), np.int32)
+        shards = [jax.device_put(value, device) for device in self._local]
+        votes = jax.make_array_from_single_device_arrays(self._shape, self._sharding, shards)
+        self._pending = self._reduce(votes)
+
+    def should_stop(self, done: int, local_flag: bool) -> bool:
+        """Called by every process after dispatching the step that makes `done` steps."""
+        if not self.multi:
+            return local_flag
+        agreed = False
+        if self._pending is not None:
+            agreed = bool(np.asarray(self._pending))
+            self._pending = None
+        if not agreed and done % self.every == 0:
+            self._cast(local_flag)
+        return agreed
+
+
 MetricsWriter = Callable[[int, dict[str, float]], None]
 
 
@@ -192,14 +238,17 @@ def fit(
     log_every: int = 50,
     metrics_writer: MetricsWriter | None = None,
     progress: bool = True,
+    stop_check_every: int = 1,
 ) -> TrainState:
     """Runs train steps state.step .. num_steps-1 and returns the final state.
 
     batch_fn(step) gives this process's rows of the global batch for `step` (a pure function
     of (seed, step), e.g. a jaxpet.data.batching.Batcher). With a checkpointer, the run first
     resumes from its latest checkpoint, saves every `save_every` steps (0: use the
-    checkpointer's own `save_every`) and at the end, all asynchronously; on SIGTERM it saves the
-    current step, waits for the write and raises SystemExit(143). metrics_writer(step, metrics)
+    checkpointer's own `save_every`) and at the end, all asynchronously. On SIGTERM (to any
+    one process of a multi-host run) all processes agree on a step (see StopVote; checked every
+    `stop_check_every` steps), save it, wait for the write and raise SystemExit(143); running
+    the same command again resumes there. metrics_writer(step, metrics)
     receives the metrics of every `log_every`-th step (and the last), one step late so that
     logging never stalls the device. Metrics are host floats; `examples_per_s` is added.
     """
@@ -210,6 +259,12 @@ def fit(
         if latest is not None and latest > int(state.step):
             state = checkpointer.restore(latest, state)
     start = int(state.step)
+    if jax.process_count() > 1:
+        # Hosts that disagree on the step range would hang in a collective; fail instead.
+        multihost_utils.assert_equal(
+            np.array([start, num_steps]), "fit: processes disagree on (start step, num_steps)"
+        )
+    vote = StopVote(trainer.mesh, stop_check_every)
     save_every = save_every or getattr(checkpointer, "save_every", 0) or 0
     rng = jax.random.key(seed)
     show = progress and jax.process_index() == 0 and start < num_steps
@@ -251,7 +306,7 @@ def fit(
                 bar.update(1)
             if checkpointer is not None and save_every and done % save_every == 0:
                 checkpointer.save(done, state)
-            if sigterm.raised:
+            if vote.should_stop(done, sigterm.raised):
                 flush()
                 if checkpointer is not None:
                     checkpointer.save(done, state, force=True)
@@ -275,7 +330,10 @@ _PREDICT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _jitted_predict(apply_fn: Callable, mesh: Mesh) -> Callable:
     per_mesh = _PREDICT_CACHE.setdefault(apply_fn, {})
     if mesh not in per_mesh:
-        per_mesh[mesh] = jax.jit(apply_fn, out_shardings=batch_sharding(mesh))
+        # Several processes: replicate the outputs inside the program, so that every process
+        # can read the whole batch without another collective.
+        out = batch_sharding(mesh) if jax.process_count() == 1 else replicated(mesh)
+        per_mesh[mesh] = jax.jit(apply_fn, out_shardings=out)
     return per_mesh[mesh]
 
 
@@ -288,7 +346,8 @@ def predict(
 ) -> np.ndarray:
     """apply_fn(params, batch) -> [B, ...] over all N rows of `arrays` -> numpy [N, ...].
 
-    Every process passes all N rows (it keeps only its part of each batch). The last partial
+    Every process passes all N rows (it keeps only its part of each batch) and gets all N
+    outputs, each example exactly once, identical on every process. The last partial
     batch is filled up with copies of the last row, whose outputs are then dropped, so nothing
     is lost and one program serves every batch. batch_size is rounded up to a multiple of the
     mesh's batch shards. Arrays keep their length: trim them (jaxpet.data.batching) beforehand.
@@ -307,16 +366,13 @@ def predict(
         idx = np.minimum(np.arange(start, start + batch_size), n - 1)
         batch = global_batch({k: v[idx][local] for k, v in arrays.items()}, mesh)
         outputs.append((fn(params, batch), min(batch_size, n - start)))
-    results = []
-    for out, valid in outputs:
-        if jax.process_count() > 1:
-            out = multihost_utils.process_allgather(out, tiled=True)
-        results.append(np.asarray(out)[:valid])
+    results = [np.asarray(out)[:valid] for out, valid in outputs]
     if not results:
         return np.zeros((0,), np.float32)
     return np.concatenate(results, axis=0)
 
 
 def prediction_sharding(mesh: Mesh) -> NamedSharding:
-    """Where predict's per-batch outputs live (split over the batch axes)."""
-    return batch_sharding(mesh)
+    """Where predict's per-batch outputs live (split over the batch axes; replicated when
+    several processes share the mesh)."""
+    return batch_sharding(mesh) if jax.process_count() == 1 else replicated(mesh)

@@ -1,7 +1,8 @@
 """Shared tiny PET training setup for the engine tests; also a subprocess entry point.
 
 As a script it trains the tiny model (optionally as one process of a jax.distributed run,
-optionally with checkpoints) and writes the final parameters and per-step losses to --out.
+optionally with checkpoints, optionally stopping early) and writes the final parameters and
+per-step losses to --out (and, with --predict, every process's predictions).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import functools
 import json
 import os
+import socket
+import subprocess
 import sys
 import time
 
@@ -36,6 +39,54 @@ def worker_env(num_devices: int = 8, cache_dir: str | None = None) -> dict[str, 
     return env
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(num_processes: int, args: list[str], cache_dir: str, via_env: bool = False,
+           devices: int = 8, init_params: str | None = None) -> list[subprocess.Popen]:
+    """Starts this script as the processes of one jax.distributed run on 127.0.0.1.
+
+    The `devices` fake CPU devices are split evenly over the processes. via_env: pass the
+    coordinator, process count and id as JAX_* environment variables (as tpu/gpu_launch.sh
+    does) instead of as config values. init_params: a file from save_init_params.
+    """
+    address = f"127.0.0.1:{free_port()}"
+    procs = []
+    for pid in range(num_processes):
+        env = worker_env(devices // num_processes, cache_dir)
+        if init_params:
+            env[INIT_PARAMS_ENV] = init_params
+        cmd = [sys.executable, os.path.abspath(__file__), *args]
+        if num_processes > 1 and via_env:
+            env.update(JAXPET_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=address,
+                       JAX_NUM_PROCESSES=str(num_processes), JAX_PROCESS_ID=str(pid))
+        elif num_processes > 1:
+            cmd += ["--coordinator", address, "--num-processes", str(num_processes),
+                    "--process-id", str(pid)]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT))
+    return procs
+
+
+def finish(procs: list[subprocess.Popen], expected_rc: int = 0, timeout: float = 300) -> None:
+    """Waits for every process; fails with its output when one exits with another code."""
+    outputs = []
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=timeout)[0].decode(errors="replace"))
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                other.kill()
+            raise
+    for i, (proc, output) in enumerate(zip(procs, outputs, strict=True)):
+        assert proc.returncode == expected_rc, (
+            f"process {i}: rc {proc.returncode}\n{output[-4000:]}"
+        )
+
+
 def tiny_config():
     from jaxpet.models.config import EncoderConfig
 
@@ -47,17 +98,44 @@ def tiny_config():
     )
 
 
+INIT_PARAMS_ENV = "JAXPET_TEST_INIT_PARAMS"
+
+
 @functools.cache
 def tiny_model():
-    """(module, boxed params) of a 2-layer BERT MLM with 32-wide hidden states (built once)."""
+    """(module, boxed params) of a 2-layer BERT MLM with 32-wide hidden states (built once).
+
+    With $JAXPET_TEST_INIT_PARAMS naming a file from `save_init_params`, the values come from
+    there (workers then skip compiling the initialiser; the boxes come from an abstract init).
+    """
+    import flax.linen as nn
     import jax
 
     from jaxpet.models.heads import EncoderForMaskedLM
 
     module = EncoderForMaskedLM(tiny_config())
     ids = np.ones((1, SEQ), np.int32)
-    params = jax.jit(module.init)(jax.random.key(0), ids, ids)["params"]
+    init = functools.partial(module.init, jax.random.key(0), ids, ids)
+    saved = os.environ.get(INIT_PARAMS_ENV)
+    if not saved:
+        return module, jax.jit(init)()["params"]
+    values = np.load(saved)
+    boxed = jax.eval_shape(init)["params"]
+    paths = jax.tree_util.tree_flatten_with_path(nn.unbox(boxed))[0]
+    leaves = [values[jax.tree_util.keystr(path)] for path, _ in paths]
+    unboxed = jax.tree.unflatten(jax.tree.structure(nn.unbox(boxed)), leaves)
+    is_box = lambda x: isinstance(x, nn.LogicallyPartitioned)  # noqa: E731
+    params = jax.tree.map(lambda box, value: box.replace_boxed(value) if is_box(box) else value,
+                          boxed, unboxed, is_leaf=is_box)
     return module, params
+
+
+def save_init_params(path: str) -> str:
+    """Writes tiny_model's initial values for workers (see INIT_PARAMS_ENV); returns path."""
+    import flax.linen as nn
+
+    np.savez(path, **flat_params(nn.unbox(tiny_model()[1])))
+    return path
 
 
 def tiny_data(num_labeled: int = 24, num_unlabeled: int = 40) -> tuple[dict, dict]:
@@ -118,14 +196,52 @@ def flat_params(params) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
 
+def _write_json(path: str, value) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(value, f)
+
+
+def _time_vote(mesh, state, trainer, batcher, repeats: int = 50) -> dict[str, float]:
+    """Seconds per blocking stop vote and per blocking train step (for the overhead report)."""
+    import jax
+
+    from jaxpet.sharding import global_batch
+    from jaxpet.training import StopVote
+
+    vote = StopVote(mesh)
+    vote.should_stop(1, False)
+    vote.should_stop(2, False)  # compiled and warm
+    start = time.perf_counter()
+    for i in range(repeats):
+        vote.should_stop(3 + i, False)
+    per_vote = (time.perf_counter() - start) / repeats
+    batch = global_batch(batcher(0), mesh)
+    rng = jax.random.key(0)
+    state, _ = trainer.train_step(state, batch, rng)
+    jax.block_until_ready(state)
+    start = time.perf_counter()
+    for _ in range(repeats // 5):
+        state, _ = trainer.train_step(state, batch, rng)
+    jax.block_until_ready(state)
+    return {"vote_s": per_vote, "step_s": (time.perf_counter() - start) / (repeats // 5)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=6, help="length of the run (lr schedule)")
+    parser.add_argument("--stop-after", type=int, default=None,
+                        help="stop (and checkpoint) after this many steps of the --steps run")
     parser.add_argument("--fsdp", type=int, default=1)
     parser.add_argument("--ckpt", default=None)
     parser.add_argument("--save-every", type=int, default=0)
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep per step")
+    parser.add_argument("--progress-file", default=None,
+                        help="process 0 writes the step whose batch it is building")
+    parser.add_argument("--predict", type=int, default=0,
+                        help="after training, predict label scores of this many examples")
+    parser.add_argument("--time-vote", action="store_true")
     parser.add_argument("--coordinator", default=None)
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
@@ -133,37 +249,59 @@ def main(argv: list[str] | None = None) -> None:
 
     import jax
 
-    if args.coordinator:
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        from jaxpet.sharding import maybe_initialize_distributed
+    from jaxpet.sharding import maybe_initialize_distributed
 
+    if args.coordinator:
         maybe_initialize_distributed({"coordinator_address": args.coordinator,
                                       "num_processes": args.num_processes,
                                       "process_id": args.process_id})
+    else:  # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, when set
+        maybe_initialize_distributed()
     from jaxpet.checkpoint import Checkpointer
+    from jaxpet.pet_step import make_label_logits_fn
     from jaxpet.sharding import make_mesh
-    from jaxpet.training import fit
+    from jaxpet.training import fit, predict
 
     mesh = make_mesh(data=-1, fsdp=args.fsdp)
     trainer, state, batcher = setup(mesh, num_steps=args.steps)
     losses: dict[int, float] = {}
+    pid = jax.process_index()
 
     def batch_fn(step: int) -> dict:
+        if args.progress_file and pid == 0:
+            with open(args.progress_file, "w") as f:
+                f.write(str(step))
         if args.sleep:
             time.sleep(args.sleep)
         return batcher(step)
 
     ckpt = Checkpointer(args.ckpt, save_every=args.save_every) if args.ckpt else None
-    state = fit(trainer, state, batch_fn, args.steps, seed=7, checkpointer=ckpt, log_every=1,
-                metrics_writer=lambda s, m: losses.__setitem__(s, m["loss"]), progress=False)
+    try:
+        state = fit(trainer, state, batch_fn, args.stop_after or args.steps, seed=7,
+                    checkpointer=ckpt, log_every=1, progress=False,
+                    metrics_writer=lambda s, m: losses.__setitem__(s, m["loss"]))
+    finally:  # also on the SystemExit(143) of a coordinated stop: say where this process was
+        if jax.process_count() > 1:
+            _write_json(os.path.join(args.out, f"losses-{pid}.json"), losses)
     if ckpt is not None:
         ckpt.close()
+    extra = {}
+    if args.predict:
+        module, _ = tiny_model()
+        labeled, _ = tiny_data(args.predict, 1)
+        fn = make_label_logits_fn(module.apply, VERBALIZER_LxW)
+        os.makedirs(args.out, exist_ok=True)
+        np.save(os.path.join(args.out, f"preds-{pid}.npy"), predict(fn, state.params, labeled, 8,
+                                                                    mesh))
     params = flat_params(state.params)
-    if jax.process_index() == 0:
+    if args.time_vote:  # after flat_params: this trains on
+        extra = _time_vote(mesh, state, trainer, batcher)
+    if pid == 0:
         os.makedirs(args.out, exist_ok=True)
         np.savez(os.path.join(args.out, "params.npz"), **params)
-        with open(os.path.join(args.out, "losses.json"), "w") as f:
-            json.dump(losses, f)
+        _write_json(os.path.join(args.out, "losses.json"), losses)
+        if extra:
+            _write_json(os.path.join(args.out, "timing.json"), extra)
 
 
 if __name__ == "__main__":

@@ -1,65 +1,85 @@
-"""A 2-process jax.distributed run (4 fake CPU devices each) matches a 1-process 8-device run."""
+"""Multi-host plumbing in one process: distributed settings, checkpoint URLs, the stop vote.
+
+The runs with 2 and 4 real processes are in test_multihost.py.
+"""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
+from pathlib import Path
 
-import multiprocess_worker as worker
-import numpy as np
+import jax
+import pytest
 
-WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")
-STEPS = 3
+from jaxpet.checkpoint import checkpoint_directory
+from jaxpet.sharding import distributed_settings, make_mesh, maybe_initialize_distributed
+from jaxpet.training import StopVote
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+DIST_ENV = ("JAXPET_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
+            "JAX_PROCESS_ID", "JAX_LOCAL_DEVICE_IDS")
 
 
-def _launch(out, devices: int, extra: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, WORKER, "--out", str(out), "--steps", str(STEPS), "--fsdp", "2", *extra]
-    return subprocess.Popen(cmd, env=worker.worker_env(devices), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in DIST_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
 
 
-def _finish(proc: subprocess.Popen) -> None:
-    try:
-        output = proc.communicate(timeout=300)[0].decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
-    assert proc.returncode == 0, output[-4000:]
+def test_not_distributed_without_a_request(clean_env):
+    assert distributed_settings() is None
+    assert distributed_settings({"enabled": False, "coordinator_address": "h:1"}) is None
+    assert maybe_initialize_distributed() is False
+    assert not jax.distributed.is_initialized()
 
 
-def test_two_processes_match_one(tmp_path):
-    address = f"127.0.0.1:{_free_port()}"
-    multi = [
-        _launch(tmp_path / "multi", 4, ["--coordinator", address, "--num-processes", "2",
-                                        "--process-id", str(i)])
-        for i in range(2)
-    ]
-    for proc in multi:
-        _finish(proc)
-    single = _launch(tmp_path / "single", 8, [])
-    _finish(single)
+def test_gpu_launch_environment_is_read(clean_env):
+    # What tpu/gpu_launch.sh exports for process 3 of 8 driving GPUs 2 and 3.
+    clean_env.setenv("JAXPET_DISTRIBUTED", "1")
+    clean_env.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.2:1234")
+    clean_env.setenv("JAX_NUM_PROCESSES", "8")
+    clean_env.setenv("JAX_PROCESS_ID", "3")
+    clean_env.setenv("JAX_LOCAL_DEVICE_IDS", "2,3")
+    assert distributed_settings() == {"coordinator_address": "10.0.0.2:1234",
+                                      "num_processes": 8, "process_id": 3,
+                                      "local_device_ids": [2, 3]}
+    # Config values win over the environment.
+    cfg = {"num_processes": 2, "process_id": 1, "local_device_ids": [0]}
+    assert distributed_settings(cfg) == {"coordinator_address": "10.0.0.2:1234",
+                                         "num_processes": 2, "process_id": 1,
+                                         "local_device_ids": [0]}
 
-    def load(name: str) -> tuple[dict, dict]:
-        params = dict(np.load(tmp_path / name / "params.npz"))
-        losses = json.loads((tmp_path / name / "losses.json").read_text())
-        return params, losses
 
-    multi_params, multi_losses = load("multi")
-    single_params, single_losses = load("single")
-    assert sorted(multi_losses) == [str(s) for s in range(1, STEPS + 1)]
-    np.testing.assert_allclose(
-        [multi_losses[k] for k in sorted(multi_losses)],
-        [single_losses[k] for k in sorted(single_losses)], rtol=1e-5,
-    )
-    assert multi_params.keys() == single_params.keys()
-    for name, value in single_params.items():
-        np.testing.assert_allclose(multi_params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+def test_tpu_vm_leaves_everything_to_jax(clean_env):
+    # On a Cloud TPU VM jax.distributed.initialize() finds its peers: no arguments at all.
+    assert distributed_settings({"enabled": True}) == {}
+    clean_env.setenv("JAXPET_DISTRIBUTED", "1")
+    assert distributed_settings() == {}
+
+
+def test_bad_environment_values_name_the_variable(clean_env):
+    clean_env.setenv("JAXPET_DISTRIBUTED", "1")
+    clean_env.setenv("JAX_PROCESS_ID", "first")
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID"):
+        distributed_settings()
+    clean_env.delenv("JAX_PROCESS_ID")
+    clean_env.setenv("JAX_LOCAL_DEVICE_IDS", "0,x")
+    with pytest.raises(ValueError, match="JAX_LOCAL_DEVICE_IDS"):
+        distributed_settings()
+
+
+def test_checkpoint_urls_pass_through_untouched(tmp_path, monkeypatch):
+    assert checkpoint_directory("gs://bucket/runs/a") == "gs://bucket/runs/a"
+    # A URL that went through pathlib lost a slash; it is given back.
+    assert checkpoint_directory(Path("gs://bucket/runs") / "ckpt") == "gs://bucket/runs/ckpt"
+    monkeypatch.chdir(tmp_path)
+    assert checkpoint_directory("runs/x") == str(tmp_path / "runs" / "x")
+    assert checkpoint_directory(tmp_path / "y") == str(tmp_path / "y")
+
+
+def test_single_process_stop_vote_is_the_local_flag():
+    vote = StopVote(make_mesh(data=-1), every=3)
+    assert vote.multi is False
+    assert vote.should_stop(1, False) is False
+    assert vote.should_stop(2, True) is True
+    with pytest.raises(ValueError, match="stop_check_every"):
+        StopVote(make_mesh(data=-1), every=0)
