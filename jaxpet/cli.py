@@ -1,5 +1,5 @@
 """Command line: `jaxpet --config FILE.yaml [key=value ...]` runs an experiment (as train.py does);
-`jaxpet report OUT_DIR` prints the results table of a finished run."""
+`jaxpet report OUT_DIR` regenerates summary.md/summary.png of a run and prints its table."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 import sys
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
 # Errors a user causes (config, paths, data, labels, over-long inputs): printed as one message
 # with exit status 2 instead of a traceback. Set JAXPET_TRACEBACK=1 to see the traceback.
@@ -62,18 +61,10 @@ def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
 
 
 def report_main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="jaxpet report",
-                                     description="Print the results table of a run folder.")
-    parser.add_argument("output_dir", help="the run's output_dir (holds results.json)")
-    args = parser.parse_args(list(argv))
-    from jaxpet.outputs import read_json, results_table
+    """`jaxpet report OUT_DIR`: regenerates summary.md and summary.png, prints the table."""
+    from jaxpet.report import main as report
 
-    path = Path(args.output_dir) / "results.json"
-    if not path.exists():
-        print(f"error: {path} not found; is {args.output_dir} a finished run?", file=sys.stderr)
-        return EXIT_USER_ERROR
-    print(results_table(read_json(path)))
-    return 0
+    return report(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,8 +16,9 @@ import yaml
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-METHODS = ("pet", "sequence_classifier", "mlm_pretrain")
+METHODS = ("pet", "ipet", "sequence_classifier", "mlm_pretrain")
 EVAL_SETS = ("dev", "test")
+REDUCTIONS = ("mean", "wmean")
 DTYPES = ("float32", "bfloat16", "float16")
 MLM_INPUTS = ("text", "patterns")
 
@@ -79,6 +80,16 @@ class PetConfig(TrainingConfig):
     lm_training: bool = False  # add the auxiliary MLM loss on pattern-applied unlabeled text
     mlm_probability: float = 0.15  # share of tokens selected as MLM targets
     max_mlm_targets: int = 0  # MLM target slots per unlabeled sequence; 0 = ceil(p * seq length)
+    # merge of the members' scores: "mean", or "wmean" weighted by each member's accuracy on its
+    # training set before training (PET's default)
+    reduction: str = "wmean"
+    # train the single-token members of an ensemble together in one compiled step
+    # (jaxpet.ensemble_training; falls back to one by one when they do not fit in memory)
+    parallel_members: bool = False
+    # multi-token tasks: how candidates are scored (max_first | ltr | parallel) and the training
+    # loss (auto = per task as the original PET: copa, record, wsc, else hinge)
+    decoding_strategy: str = "max_first"
+    multitoken_loss: str = "auto"
 
 
 @dataclass
@@ -87,6 +98,17 @@ class ClassifierConfig(TrainingConfig):
 
     temperature: float = 2.0  # distillation temperature for soft labels
     baseline: bool = False  # with method "pet": also train it on the labeled set for comparison
+
+
+@dataclass
+class IpetConfig:
+    """iPET: generations of PET ensembles, each trained on the labeled set plus examples
+    pseudo-labeled by the previous generation's other members."""
+
+    generations: int = 3  # generations g0..g{k-1}, g0 being plain PET on the labeled set
+    logits_percentage: float = 0.25  # share of the other members that label a member's new set
+    scale_factor: float = 5.0  # the training set grows by this factor per generation
+    n_most_likely: int = -1  # > 0: g0 labels come from the n most likely examples per label
 
 
 @dataclass
@@ -148,7 +170,9 @@ class LoggingConfig:
 class Config:
     """A full experiment: `python train.py --config FILE.yaml [key=value ...]`."""
 
-    # "pet": one model per pattern and repetition; "sequence_classifier": supervised baseline;
+    # "pet": one model per pattern and repetition, merged and distilled into a classifier;
+    # "ipet": generations of PET ensembles (section `ipet`); "sequence_classifier": the
+    # supervised baseline;
     # "mlm_pretrain": only the MLM warm-up stage (domain adaptation), exported as a model folder
     method: str = "pet"
     output_dir: str = MISSING  # results, logits, predictions and checkpoints go here
@@ -159,6 +183,9 @@ class Config:
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pet: PetConfig = field(default_factory=PetConfig)
+    ipet: IpetConfig = field(default_factory=IpetConfig)
+    # pet/ipet: report the merged ensemble instead of distilling it into a sequence classifier
+    no_distillation: bool = False
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     mlm_pretrain: MlmPretrainConfig = field(default_factory=MlmPretrainConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
@@ -192,6 +219,10 @@ def validate(config: Config) -> None:
     _check_choice(config.task.eval_set, EVAL_SETS, "task.eval_set")
     _check_choice(config.model.dtype, DTYPES, "model.dtype")
     _check_choice(config.mlm_pretrain.inputs, MLM_INPUTS, "mlm_pretrain.inputs")
+    _check_choice(config.pet.decoding_strategy, ("max_first", "ltr", "parallel"),
+                  "pet.decoding_strategy")
+    _check_choice(config.pet.multitoken_loss, ("auto", "hinge", "copa", "record", "wsc"),
+                  "pet.multitoken_loss")
     if not config.pet.pattern_ids:
         raise ConfigError("config key 'pet.pattern_ids' must list at least one pattern id")
     for section in ("pet", "classifier"):
@@ -199,8 +230,23 @@ def validate(config: Config) -> None:
         for name in ("repetitions", "max_seq_length", "train_batch_size", "accumulation_steps"):
             if getattr(training, name) < 1:
                 raise ConfigError(f"config key '{section}.{name}' must be >= 1")
-        if training.max_steps == 0 or (training.max_steps < 0 and training.num_train_epochs < 1):
+        # pet.max_steps 0: zero-shot members, evaluated without training
+        zero_ok = section == "pet"
+        if (training.max_steps == 0 and not zero_ok) or (
+                training.max_steps < 0 and training.num_train_epochs < 1):
             raise ConfigError(f"config key '{section}.max_steps' must be > 0, or -1 with epochs")
+    _check_choice(config.pet.reduction, REDUCTIONS, "pet.reduction")
+    ipet = config.ipet
+    if config.method == "ipet":
+        if ipet.generations < 1:
+            raise ConfigError("config key 'ipet.generations' must be >= 1")
+        if len(config.pet.pattern_ids) * config.pet.repetitions < 2:
+            raise ConfigError("method ipet needs at least two members: raise 'pet.pattern_ids' "
+                              "or 'pet.repetitions'")
+    if not 0.0 < ipet.logits_percentage <= 1.0:
+        raise ConfigError("config key 'ipet.logits_percentage' must lie in (0, 1]")
+    if ipet.scale_factor <= 1.0:
+        raise ConfigError("config key 'ipet.scale_factor' must be > 1")
     if not 0.0 <= config.pet.alpha <= 1.0:
         raise ConfigError("config key 'pet.alpha' must lie in [0, 1]")
     if (config.mlm_pretrain.enabled or config.method == "mlm_pretrain") and (

@@ -157,46 +157,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _fmt(stats: Mapping[str, Any]) -> str:
-    if stats.get("runs", 1) > 1:
-        return f"{stats['mean']:.3f} ± {stats['std']:.3f}"
-    return f"{stats['mean']:.3f}"
-
-
 def results_table(results: Mapping[str, Any]) -> str:
-    """A Markdown table of a run's results.json: zero-shot, PET per pattern, classifier."""
-    rows: list[tuple[str, dict[str, str]]] = []
-    for key, label in (("zero_shot", "zero-shot {p}"),
-                       ("zero_shot_after_mlm_pretrain", "zero-shot {p} after MLM warm-up")):
-        for pattern, metrics in results.get(key, {}).items():
-            rows.append((label.format(p=pattern), {m: f"{v:.3f}" for m, v in metrics.items()}))
-    for pattern, metrics in results.get("patterns", {}).items():
-        runs = next(iter(metrics.values()))["runs"]
-        rows.append((f"PET {pattern} ({runs} run{'s' * (runs > 1)})",
-                     {m: _fmt(s) for m, s in metrics.items()}))
-    if "pet" in results and len(results.get("patterns", {})) > 1:
-        rows.append(("PET, all patterns (mean)", {m: _fmt(s) for m, s in results["pet"].items()}))
-    if "classifier" in results:
-        summary = results["classifier"]["summary"]
-        runs = next(iter(summary.values()))["runs"]
-        rows.append((f"sequence classifier ({runs} run{'s' * (runs > 1)})",
-                     {m: _fmt(s) for m, s in summary.items()}))
-    names = list(dict.fromkeys(m for _, metrics in rows for m in metrics))
-    title = (f"{results.get('task')} ({results.get('eval_set')} set, {results.get('num_eval')} "
-             f"examples; {results.get('num_train')} labeled, {results.get('num_unlabeled')} "
-             f"unlabeled), model {results.get('model')}")
-    width = max([len("setting"), *(len(label) for label, _ in rows)])
-    lines = [title]
-    if rows:
-        lines += ["", f"| {'setting'.ljust(width)} | " + " | ".join(names) + " |",
-                  f"|{'-' * (width + 2)}|" + "|".join("-" * (len(n) + 2) for n in names) + "|"]
-    for label, metrics in rows:
-        cells = " | ".join(metrics.get(n, "").ljust(len(n)) for n in names)
-        lines.append(f"| {label.ljust(width)} | {cells} |")
-    if "mlm_pretrain" in results:
-        stage = results["mlm_pretrain"]
-        lines += ["", f"MLM warm-up: {stage.get('steps')} steps on {stage.get('sequences')} "
-                  f"sequences; model in {stage.get('model_dir')}"]
-    if "wall_time_s" in results:
-        lines += ["", f"wall time: {results['wall_time_s']:.0f} s"]
-    return "\n".join(lines)
+    """A Markdown table of a run's results.json (see jaxpet.report)."""
+    from jaxpet.report import results_table as table
+
+    return table(results)

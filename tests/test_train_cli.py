@@ -113,7 +113,8 @@ def _check_member(folder: Path, num_eval: int, num_unlabeled: int | None, steps:
 
 
 def test_pet_run_writes_all_outputs(workspace, capsys):
-    assert train_main(["--config", str(workspace["config"])]) == 0
+    # distillation is covered by tests/test_pipeline.py
+    assert train_main(["--config", str(workspace["config"]), "no_distillation=true"]) == 0
     out = workspace["root"] / "out-pet"
     printed = capsys.readouterr().out
     assert "| setting" in printed and "PET p0" in printed and "zero-shot p1" in printed
@@ -136,7 +137,8 @@ def test_pet_run_writes_all_outputs(workspace, capsys):
     # `jaxpet report` prints the same table; a second run reuses the finished members
     assert main(["report", str(out)]) == 0
     assert "PET p1" in capsys.readouterr().out
-    assert train_main(["--config", str(workspace["config"]), "eval.zero_shot=false"]) == 0
+    assert train_main(["--config", str(workspace["config"]), "eval.zero_shot=false",
+                       "no_distillation=true"]) == 0
     assert "reusing" in capsys.readouterr().out
     again = json.loads((out / "results.json").read_text())
     assert again["members"] == top["members"]
@@ -189,3 +191,24 @@ def test_label_outside_task_is_reported_with_file_and_line(workspace, tmp_path, 
                          f"output_dir={tmp_path / 'out'}"])
     err = capsys.readouterr().err
     assert status == 2 and "train.csv" in err and re.search(r"'?7'?", err)
+
+
+def _paper_configs() -> list[Path]:
+    # t5_*.yaml are text-to-text configs with their own schema (jaxpet.text2text_config)
+    return sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("t5_"))
+
+
+@pytest.mark.parametrize("path", _paper_configs(), ids=lambda p: p.name)
+def test_every_config_loads_and_names_real_tasks_and_patterns(path):
+    from jaxpet.data.tasks import get_task
+    from jaxpet.prompts.registry import available
+
+    text = path.read_text()
+    assert text.startswith("#") and f"--config configs/{path.name}" in text, \
+        "the header documents the command that runs the config"
+    config = load_config(path)
+    get_task(config.task.name)
+    patterns = available()[config.task.name]
+    assert set(config.pet.pattern_ids) <= set(patterns), (config.pet.pattern_ids, patterns)
+    if config.method in ("pet", "ipet") and path.name != "demo.yaml":
+        assert "paper" in text.lower() or "Target" in text

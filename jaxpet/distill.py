@@ -1,0 +1,180 @@
+"""Sequence classifiers: the supervised baseline, the ensemble merge and the distilled final model.
+
+`merge_members` averages the saved member scores (jaxpet.ensemble) into `OUT/ensemble/`;
+`distill` trains a classifier on the unlabeled set with the merged scores as soft labels
+(KL * T^2, as the original PET does) in `OUT/distilled/`, evaluates it and exports it with
+`save_pretrained` to `OUT/distilled/model` (Hugging Face layout). Finished folders are reused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxpet import outputs
+from jaxpet.config import Config
+from jaxpet.ensemble import merge_logits
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def encode_classifier_inputs(lm: Any, examples: Sequence[Any], max_seq_length: int) -> dict:
+    """Plain text (text_a [, text_b]) encoded for a sequence classifier."""
+    from jaxpet.mlm_pretrain import encode_texts
+
+    return {k: v for k, v in encode_texts(examples, lm.tokenizer, max_seq_length)[0].items()
+            if k in MODEL_INPUTS}
+
+
+def classifier_model(config: Config, num_labels: int, encoder_params: Any = None) -> tuple:
+    """(LoadedModel with a classifier head, initial params: warmed-up encoder when given)."""
+    from jaxpet.pet import load_model
+
+    lm = load_model(config, "classifier", num_labels=num_labels)
+    params = lm.params if encoder_params is None else {**lm.params, "encoder": encoder_params}
+    return lm, params
+
+
+def run_classifier(config: Config, data: Any, mesh: Any, out: Path,
+                   encoder_params: Any = None) -> dict[str, Any]:
+    """Supervised sequence classifier(s) on the labeled set; one folder `sc-s{S}` each."""
+    from jaxpet.pet import (
+        aggregate,
+        check_batch_sizes,
+        evaluate_logits,
+        label_indices,
+        predict_logits,
+        train,
+        write_predictions,
+    )
+    from jaxpet.pet_step import make_classifier_logits_fn, make_classifier_loss
+
+    settings = config.classifier
+    check_batch_sizes(mesh, {"classifier.train_batch_size": settings.train_batch_size,
+                             "eval.batch_size": config.eval.batch_size})
+    lm, params = classifier_model(config, len(data.labels), encoder_params)
+    train_arrays = {**encode_classifier_inputs(lm, data.train, settings.max_seq_length),
+                    "labels": label_indices(data.train, data.labels)}
+    eval_arrays = encode_classifier_inputs(lm, data.eval, settings.max_seq_length)
+    loss_fn = make_classifier_loss(lm.module.apply)
+    logits_fn = make_classifier_logits_fn(lm.module.apply)
+    members = {}
+    for repetition in range(settings.repetitions):
+        folder, seed = out / f"sc-s{repetition}", config.seed + repetition
+        if (folder / "results.json").exists():
+            print(f"{folder.name}: results.json exists, reusing it")
+            members[folder.name] = outputs.read_json(folder / "results.json")
+            continue
+        print(f"{folder.name}: training the sequence classifier, seed {seed}")
+        trained, seconds = train(config, settings, loss_fn, params,
+                                 {"": (train_arrays, settings.train_batch_size, seed)},
+                                 mesh, folder, seed)
+        eval_logits = predict_logits(config, logits_fn, trained, eval_arrays, mesh)
+        write_predictions(folder, "eval", data.eval, data.labels, eval_logits)
+        members[folder.name] = {
+            "repetition": repetition, "seed": seed, "eval_set": config.task.eval_set,
+            "metrics": evaluate_logits(data.name, data.labels, data.eval, eval_logits),
+            "train_time_s": seconds, "num_train": len(data.train), "num_eval": len(data.eval)}
+        outputs.write_json(folder / "results.json", members[folder.name])
+    return {"members": members, **aggregate(members, lambda r: "summary")}
+
+
+def merge_members(config: Config, data: Any, member_dir: Path, members: Mapping[str, Any],
+                  out: Path) -> dict[str, Any]:
+    """Merges the members' saved eval and unlabeled scores (config `pet.reduction`) into `out`.
+
+    Weights for `wmean` are each member's `train_set_before_training`. Writes
+    `eval_logits.npy`, `unlabeled_logits.npy` (when the members have them), predictions.jsonl
+    and results.json; returns the results (eval metrics of the merged scores).
+    """
+    from jaxpet.pet import evaluate_logits, write_predictions
+
+    names = sorted(members)
+    weights_M = np.asarray([members[n]["train_set_before_training"] for n in names])
+    reduction = config.pet.reduction
+
+    def merged(file: str) -> np.ndarray:
+        logits_MxNxL = np.stack([np.load(member_dir / n / file) for n in names])
+        return merge_logits(logits_MxNxL, weights_M, reduction).astype(np.float32)
+
+    eval_NxL = merged("eval_logits.npy")
+    write_predictions(out, "eval", data.eval, data.labels, eval_NxL)
+    has_unlabeled = all((member_dir / n / "unlabeled_logits.npy").exists() for n in names)
+    if has_unlabeled:
+        outputs.write_npy(out / "unlabeled_logits.npy", merged("unlabeled_logits.npy"))
+    results = {"members": names, "reduction": reduction, "weights": weights_M.tolist(),
+               "eval_set": config.task.eval_set,
+               "metrics": evaluate_logits(data.name, data.labels, data.eval, eval_NxL)}
+    outputs.write_json(out / "results.json", results)
+    return results
+
+
+def distill(config: Config, data: Any, mesh: Any, out: Path, teacher_NxL: np.ndarray,
+            encoder_params: Any = None) -> dict[str, Any]:
+    """Trains the final classifier on the unlabeled set against `teacher_NxL` soft labels."""
+    from jaxpet.models import save_pretrained
+    from jaxpet.pet import (
+        check_batch_sizes,
+        evaluate_logits,
+        predict_logits,
+        train,
+        write_predictions,
+    )
+    from jaxpet.pet_step import make_classifier_logits_fn, make_classifier_loss
+
+    folder = out / "distilled"
+    if (folder / "results.json").exists() and (folder / "model").is_dir():
+        print(f"{folder.name}: results.json exists, reusing it")
+        return outputs.read_json(folder / "results.json")
+    if not data.unlabeled:
+        raise ValueError("distillation needs unlabeled examples (task.unlabeled_examples); "
+                         "set no_distillation=true to report the ensemble instead")
+    settings = config.classifier
+    check_batch_sizes(mesh, {"classifier.unlabeled_batch_size": settings.unlabeled_batch_size,
+                             "eval.batch_size": config.eval.batch_size})
+    lm, params = classifier_model(config, len(data.labels), encoder_params)
+    arrays = {**encode_classifier_inputs(lm, data.unlabeled, settings.max_seq_length),
+              "logits": np.asarray(teacher_NxL, np.float32)}
+    eval_arrays = encode_classifier_inputs(lm, data.eval, settings.max_seq_length)
+    loss_fn = make_classifier_loss(lm.module.apply, soft_labels=True,
+                                   temperature=settings.temperature)
+    seed = config.seed
+    print(f"{folder.name}: distilling the ensemble into a sequence classifier on "
+          f"{len(data.unlabeled)} unlabeled examples (T = {settings.temperature})")
+    trained, seconds = train(config, settings, loss_fn, params,
+                             {"": (arrays, settings.unlabeled_batch_size, seed)}, mesh, folder,
+                             seed)
+    trained = jax.device_get(trained)
+    eval_logits = predict_logits(config, make_classifier_logits_fn(lm.module.apply), trained,
+                                 eval_arrays, mesh)
+    write_predictions(folder, "eval", data.eval, data.labels, eval_logits)
+    save_pretrained(dataclasses.replace(lm, params=trained), folder / "model")
+    results = {"seed": seed, "temperature": settings.temperature, "eval_set": config.task.eval_set,
+               "metrics": evaluate_logits(data.name, data.labels, data.eval, eval_logits),
+               "train_time_s": seconds, "num_unlabeled": len(data.unlabeled),
+               "model_dir": str(folder / "model")}
+    outputs.write_json(folder / "results.json", results)
+    return results
+
+
+def finish_ensemble(config: Config, data: Any, mesh: Any, out: Path, member_dir: Path,
+                    members: Mapping[str, Any], encoder_params: Any = None) -> dict[str, Any]:
+    """Merge, then distill (unless `no_distillation`): {"ensemble": ..., "distilled": ...}."""
+    results = {"ensemble": merge_members(config, data, member_dir, members, out / "ensemble")}
+    if not config.no_distillation:
+        teacher = out / "ensemble" / "unlabeled_logits.npy"
+        if not teacher.exists():
+            raise ValueError("distillation needs the members' unlabeled logits "
+                             "(task.unlabeled_examples > 0); or set no_distillation=true")
+        teacher_NxL = np.load(teacher)
+        if teacher_NxL.shape[0] != len(data.unlabeled):
+            raise ValueError(f"the ensemble scored {teacher_NxL.shape[0]} unlabeled rows for "
+                             f"{len(data.unlabeled)} unlabeled examples (multi-token patterns "
+                             "score candidate layouts); set no_distillation=true for this task")
+        results["distilled"] = distill(config, data, mesh, out, teacher_NxL, encoder_params)
+    return results

@@ -1,0 +1,130 @@
+"""The setup of a run: its task data, model, mesh, batch-size checks, metrics and predictions."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpet import outputs
+from jaxpet.config import Config, TrainingConfig
+from jaxpet.data.example import Example
+from jaxpet.metrics import compute_metrics, task_metrics
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclasses.dataclass
+class TaskData:
+    """The examples of one run: labeled training set, evaluation set, unlabeled set."""
+
+    name: str
+    labels: list[str]
+    train: list[Example]
+    eval: list[Example]
+    unlabeled: list[Example]
+
+
+def load_task_data(config: Config) -> TaskData:
+    from jaxpet.data.tasks import get_task, load_examples
+
+    task = config.task
+    spec = get_task(task.name)
+    load = lambda split, n, evenly=False: load_examples(  # noqa: E731
+        task.name, task.data_dir, split, n, task.sample_seed, evenly)
+    train = load("train", task.train_examples, task.split_examples_evenly)
+    evaluation = load(task.eval_set, task.test_examples)
+    unlabeled = load("unlabeled", task.unlabeled_examples) if task.unlabeled_examples else []
+    return TaskData(task.name, list(spec.labels), train, evaluation, unlabeled)
+
+
+def resolve_model_name(name: str) -> str:
+    """`minilm` is the pip-installed all-MiniLM-L6-v2 encoder; other names pass through."""
+    if name == "minilm":
+        from jaxpet.models.minilm import minilm_path
+
+        return str(minilm_path())
+    return name
+
+
+def load_model(config: Config, head: str, num_labels: int | None = None) -> Any:
+    from jaxpet.models import load_pretrained
+
+    lm = load_pretrained(resolve_model_name(config.model.name), head=head, num_labels=num_labels,
+                         dtype=jnp.dtype(config.model.dtype), seed=config.seed)
+    if lm.tokenizer is None:
+        raise ValueError(f"model {config.model.name!r} has no tokenizer files")
+    if config.model.remat:
+        remat_config = lm.config.replace(remat=True)
+        lm = dataclasses.replace(lm, module=lm.module.clone(config=remat_config),
+                                 config=remat_config)
+    return lm
+
+
+def enable_compilation_cache(path: str) -> None:
+    """Points JAX's persistent compilation cache at `path` ("" leaves JAX's setting alone)."""
+    if not path:
+        return
+    from jax.experimental.compilation_cache import compilation_cache
+
+    path = str(Path(path).expanduser())
+    if jax.config.jax_compilation_cache_dir != path:
+        # the cache is set up at the first compile; start over so that the new folder is used
+        compilation_cache.reset_cache()
+        jax.config.update("jax_compilation_cache_dir", path)
+
+
+def build_mesh(config: Config) -> Any:
+    from jaxpet.sharding import make_mesh
+
+    devices = jax.devices()
+    if config.mesh.data > 0:
+        devices = devices[: config.mesh.data * config.mesh.fsdp]
+    return make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, devices=devices)
+
+
+def check_batch_sizes(mesh: Any, sizes: Mapping[str, int]) -> None:
+    """Every global batch must split evenly over the mesh's batch shards."""
+    from jaxpet.sharding import batch_divisor
+
+    shards = batch_divisor(mesh)
+    for key, size in sizes.items():
+        if size % shards:
+            raise ValueError(f"config key '{key}' = {size} is not a multiple of the {shards} batch "
+                             f"shards of the mesh (mesh.data x mesh.fsdp); change one of them")
+
+
+def num_updates(settings: TrainingConfig, num_train: int) -> int:
+    """Optimizer updates: max_steps, or num_train_epochs passes over the labeled set."""
+    if settings.max_steps > 0:
+        return settings.max_steps
+    micro_steps = settings.num_train_epochs * -(-num_train // settings.train_batch_size)
+    return max(1, -(-micro_steps // settings.accumulation_steps))
+
+
+def label_indices(examples: Sequence[Example], labels: Sequence[str]) -> np.ndarray:
+    index = {label: i for i, label in enumerate(labels)}
+    return np.asarray([index[e.label] if e.label is not None else -1 for e in examples], np.int32)
+
+
+def evaluate_logits(task_name: str, labels: Sequence[str], examples: Sequence[Example],
+                    logits_NxL: np.ndarray) -> dict[str, float]:
+    """The task's metrics of argmax predictions against the examples' labels."""
+    question_ids = None
+    if all("question_idx" in e.meta for e in examples):
+        question_ids = [(e.meta.get("passage_idx"), e.meta["question_idx"]) for e in examples]
+    return compute_metrics(task_metrics(task_name), label_indices(examples, labels),
+                           np.argmax(logits_NxL, axis=-1), question_ids)
+
+
+def write_predictions(folder: Path, prefix: str, examples: Sequence[Example],
+                      labels: Sequence[str], logits_NxL: np.ndarray) -> None:
+    outputs.write_npy(folder / f"{prefix}_logits.npy", logits_NxL)
+    records = [{"guid": e.guid, "label": labels[int(np.argmax(row))], "gold": e.label,
+                "logits": row} for e, row in zip(examples, logits_NxL, strict=True)]
+    outputs.write_jsonl(folder / "predictions.jsonl", records)
