@@ -36,18 +36,40 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
+def requested_method(path: str | None, overrides: Sequence[str]) -> str | None:
+    """The `method` a config file and its overrides ask for (text2text has its own schema)."""
+    method = None
+    if path and os.path.isfile(path):
+        import yaml
+
+        with open(path) as f:
+            loaded = yaml.safe_load(f)
+        if isinstance(loaded, dict):
+            method = loaded.get("method")
+    for item in overrides:
+        if item.startswith("method="):
+            method = item.split("=", 1)[1]
+    return method
+
+
 def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
     """Loads the config, runs it, prints the results table; returns the exit status."""
     args = train_parser(prog).parse_args(list(argv))
     if not os.environ.get("JAXPET_TRACEBACK"):
         warnings.showwarning = _show_warning
     try:
+        if requested_method(args.config, args.overrides) == "text2text":
+            from jaxpet.text2text import run as run_text2text
+            from jaxpet.text2text_config import load_text2text_config
+
+            run_text2text(load_text2text_config(args.config, list(args.overrides)))
+            return 0
         from jaxpet.config import load_config
 
         config = load_config(args.config, args.overrides)
         from jaxpet.sharding import maybe_initialize_distributed
 
-        maybe_initialize_distributed()
+        maybe_initialize_distributed(config.distributed)
         from jaxpet.pet import run
 
         run(config)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 from omegaconf import MISSING, OmegaConf
@@ -39,6 +39,12 @@ class TaskConfig:
     split_examples_evenly: bool = False  # take the same number of labeled examples per label
     eval_set: str = "dev"  # split to evaluate on: "dev" or "test"
     sample_seed: int = 42  # seed of the few-shot subsample (kept fixed across run seeds, as in PET)
+    # A task defined in the config alone (see README "New tasks without Python"): the reader
+    # (format, header, text_a, text_b, label, guid, labels, files; jaxpet.data.custom), the
+    # patterns as template strings (docs/templates.md) and the verbalizer label -> word(s).
+    definition: Optional[dict[str, Any]] = None  # noqa: UP045 - OmegaConf needs Optional
+    patterns: Optional[list[str]] = None  # noqa: UP045
+    verbalizer: Optional[dict[str, Any]] = None  # noqa: UP045
 
 
 @dataclass
@@ -167,13 +173,26 @@ class LoggingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Multi-process runs (pods, multi-GPU hosts); unset fields come from the JAX_* variables."""
+
+    enabled: Optional[bool] = None  # noqa: UP045 - None: JAXPET_DISTRIBUTED / JAX_COORDINATOR_ADDRESS
+    coordinator_address: Optional[str] = None  # noqa: UP045 - host:port of process 0
+    num_processes: Optional[int] = None  # noqa: UP045 - None: JAX_NUM_PROCESSES or autodetect
+    process_id: Optional[int] = None  # noqa: UP045 - None: JAX_PROCESS_ID
+    local_device_ids: Optional[list[int]] = None  # noqa: UP045 - None: JAX_LOCAL_DEVICE_IDS
+
+
+@dataclass
 class Config:
     """A full experiment: `python train.py --config FILE.yaml [key=value ...]`."""
 
     # "pet": one model per pattern and repetition, merged and distilled into a classifier;
     # "ipet": generations of PET ensembles (section `ipet`); "sequence_classifier": the
     # supervised baseline;
-    # "mlm_pretrain": only the MLM warm-up stage (domain adaptation), exported as a model folder
+    # "mlm_pretrain": only the MLM warm-up stage (domain adaptation), exported as a model folder;
+    # "text2text" (T5) configs have their own schema (jaxpet/text2text_config.py): train.py
+    # sends them to jaxpet.text2text.run
     method: str = "pet"
     output_dir: str = MISSING  # results, logits, predictions and checkpoints go here
     seed: int = 42  # training seed; repetition r of a model uses seed + r
@@ -192,6 +211,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 def _first_line(error: OmegaConfBaseException) -> str:
@@ -223,6 +243,10 @@ def validate(config: Config) -> None:
                   "pet.decoding_strategy")
     _check_choice(config.pet.multitoken_loss, ("auto", "hinge", "copa", "record", "wsc"),
                   "pet.multitoken_loss")
+    custom = (config.task.definition, config.task.patterns, config.task.verbalizer)
+    if any(part is not None for part in custom) and any(part is None for part in custom):
+        raise ConfigError("a config-defined task needs all of 'task.definition', "
+                          "'task.patterns' and 'task.verbalizer'")
     if not config.pet.pattern_ids:
         raise ConfigError("config key 'pet.pattern_ids' must list at least one pattern id")
     for section in ("pet", "classifier"):

@@ -30,10 +30,21 @@ class TaskData:
     unlabeled: list[Example]
 
 
+def register_config_task(task: Any) -> None:
+    """Registers the reader and the template patterns of a task defined in the config."""
+    from jaxpet.data.custom import task_from_config
+    from jaxpet.prompts.template import pvp_from_config
+
+    spec = task_from_config({**task.definition, "name": task.name, "data_dir": task.data_dir})
+    pvp_from_config(task.name, list(spec.labels), list(task.patterns), dict(task.verbalizer))
+
+
 def load_task_data(config: Config) -> TaskData:
     from jaxpet.data.tasks import get_task, load_examples
 
     task = config.task
+    if task.definition is not None:
+        register_config_task(task)
     spec = get_task(task.name)
     load = lambda split, n, evenly=False: load_examples(  # noqa: E731
         task.name, task.data_dir, split, n, task.sample_seed, evenly)
