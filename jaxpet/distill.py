@@ -92,7 +92,8 @@ def merge_members(config: Config, data: Any, member_dir: Path, members: Mapping[
     `eval_logits.npy`, `unlabeled_logits.npy` (when the members have them), predictions.jsonl
     and results.json; returns the results (eval metrics of the merged scores).
     """
-    from jaxpet.pet import evaluate_logits, write_predictions
+    from jaxpet.multitoken_pet import evaluate_scores
+    from jaxpet.pet import write_predictions
 
     names = sorted(members)
     weights_M = np.asarray([members[n]["train_set_before_training"] for n in names])
@@ -103,13 +104,20 @@ def merge_members(config: Config, data: Any, member_dir: Path, members: Mapping[
         return merge_logits(logits_MxNxL, weights_M, reduction).astype(np.float32)
 
     eval_NxL = merged("eval_logits.npy")
-    write_predictions(out, "eval", data.eval, data.labels, eval_NxL)
+    if eval_NxL.shape[1] == len(data.labels):
+        write_predictions(out, "eval", data.eval, data.labels, eval_NxL)
+    else:  # candidates that are not labels (ReCoRD entities): name the top candidate
+        outputs.write_npy(out / "eval_logits.npy", eval_NxL)
+        outputs.write_jsonl(out / "predictions.jsonl", [
+            {"guid": e.guid, "candidate": e.meta["candidates"][int(np.argmax(row))],
+             "gold": e.meta.get("answers"), "logits": row}
+            for e, row in zip(data.eval, eval_NxL, strict=True)])
     has_unlabeled = all((member_dir / n / "unlabeled_logits.npy").exists() for n in names)
     if has_unlabeled:
         outputs.write_npy(out / "unlabeled_logits.npy", merged("unlabeled_logits.npy"))
     results = {"members": names, "reduction": reduction, "weights": weights_M.tolist(),
                "eval_set": config.task.eval_set,
-               "metrics": evaluate_logits(data.name, data.labels, data.eval, eval_NxL)}
+               "metrics": evaluate_scores(data.name, data.labels, data.eval, eval_NxL)}
     outputs.write_json(out / "results.json", results)
     return results
 
