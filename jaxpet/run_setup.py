@@ -74,7 +74,34 @@ def load_model(config: Config, head: str, num_labels: int | None = None) -> Any:
         remat_config = lm.config.replace(remat=True)
         lm = dataclasses.replace(lm, module=lm.module.clone(config=remat_config),
                                  config=remat_config)
+    check_memory(config, lm, head)
     return lm
+
+
+def check_memory(config: Config, lm: Any, head: str) -> None:
+    """Prints the per-device memory estimate of this model's train step, and fails before
+    compiling when the devices report less memory than it needs (jaxpet.memory)."""
+    from jaxpet.memory import (
+        backbone_from_config,
+        check_fits,
+        device_memory_bytes,
+        estimate_memory,
+    )
+
+    settings = config.pet if head == "mlm" else config.classifier
+    batch_size = settings.train_batch_size
+    if head != "mlm" or config.pet.lm_training:
+        batch_size += settings.unlabeled_batch_size
+    fsdp = config.mesh.fsdp
+    data = config.mesh.data if config.mesh.data > 0 else max(1, jax.device_count() // fsdp)
+    estimate = estimate_memory(
+        backbone_from_config(lm.config), batch_size=batch_size,
+        seq_len=settings.max_seq_length, remat="full" if config.model.remat else "none",
+        compute_dtype=config.model.dtype, data=data, fsdp=fsdp)
+    print(f"memory estimate: {estimate.describe()}")
+    limit = device_memory_bytes()
+    if limit:
+        check_fits(estimate, limit)
 
 
 def enable_compilation_cache(path: str) -> None:

@@ -61,3 +61,19 @@ def test_requested_method_reads_the_file_and_the_overrides(tmp_path):
     assert requested_method(str(config), []) == "text2text"
     assert requested_method(str(config), ["method=pet"]) == "pet"
     assert requested_method("configs/demo.yaml", []) == "pet"
+
+
+def test_a_model_that_cannot_fit_fails_before_compiling(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    import jaxpet.memory
+    from jaxpet.run_setup import load_model
+
+    workspace = build_workspace(tmp_path)
+    config = load_config(workspace["config"])
+    lm = load_model(config, "mlm")  # the CPU reports no memory limit: estimate only
+    assert "memory estimate: bert" in capsys.readouterr().out
+    monkeypatch.setattr(jaxpet.memory, "device_memory_bytes", lambda device=None: 1024)
+    with pytest.raises(jaxpet.memory.DoesNotFit, match="To fit, try"):
+        load_model(config, "mlm")
+    assert lm.config.model_type == "bert"
