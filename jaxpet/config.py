@@ -141,10 +141,15 @@ class MlmPretrainConfig:
 
 @dataclass
 class MeshConfig:
-    """Device mesh; -1 takes all remaining devices."""
+    """Device mesh; -1 takes all remaining devices.
+
+    The batch is split over data x fsdp; large kernels are sharded over fsdp (FSDP), and
+    attention heads, MLP width and the vocabulary over tensor (jaxpet.sharding.DEFAULT_RULES).
+    """
 
     data: int = -1
     fsdp: int = 1
+    tensor: int = 1
 
 
 @dataclass
@@ -247,6 +252,9 @@ def validate(config: Config) -> None:
     if any(part is not None for part in custom) and any(part is None for part in custom):
         raise ConfigError("a config-defined task needs all of 'task.definition', "
                           "'task.patterns' and 'task.verbalizer'")
+    for axis in ("fsdp", "tensor"):
+        if getattr(config.mesh, axis) < 1:
+            raise ConfigError(f"config key 'mesh.{axis}' must be >= 1")
     if not config.pet.pattern_ids:
         raise ConfigError("config key 'pet.pattern_ids' must list at least one pattern id")
     for section in ("pet", "classifier"):

@@ -92,12 +92,13 @@ def check_memory(config: Config, lm: Any, head: str) -> None:
     batch_size = settings.train_batch_size
     if head != "mlm" or config.pet.lm_training:
         batch_size += settings.unlabeled_batch_size
-    fsdp = config.mesh.fsdp
-    data = config.mesh.data if config.mesh.data > 0 else max(1, jax.device_count() // fsdp)
+    fsdp, tensor = config.mesh.fsdp, config.mesh.tensor
+    data = config.mesh.data if config.mesh.data > 0 else max(
+        1, jax.device_count() // (fsdp * tensor))
     estimate = estimate_memory(
         backbone_from_config(lm.config), batch_size=batch_size,
         seq_len=settings.max_seq_length, remat="full" if config.model.remat else "none",
-        compute_dtype=config.model.dtype, data=data, fsdp=fsdp)
+        compute_dtype=config.model.dtype, data=data, fsdp=fsdp, tensor=tensor)
     print(f"memory estimate: {estimate.describe()}")
     limit = device_memory_bytes()
     if limit:
@@ -122,8 +123,9 @@ def build_mesh(config: Config) -> Any:
 
     devices = jax.devices()
     if config.mesh.data > 0:
-        devices = devices[: config.mesh.data * config.mesh.fsdp]
-    return make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, devices=devices)
+        devices = devices[: config.mesh.data * config.mesh.fsdp * config.mesh.tensor]
+    return make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor,
+                     devices=devices)
 
 
 def check_batch_sizes(mesh: Any, sizes: Mapping[str, int]) -> None:

@@ -77,3 +77,19 @@ def test_a_model_that_cannot_fit_fails_before_compiling(tmp_path, monkeypatch, c
     with pytest.raises(jaxpet.memory.DoesNotFit, match="To fit, try"):
         load_model(config, "mlm")
     assert lm.config.model_type == "bert"
+
+
+def test_tensor_parallel_mesh_from_the_config_gives_the_same_losses(tmp_path):
+    from jaxpet.outputs import read_jsonl
+
+    workspace = build_workspace(tmp_path)
+    common = ["pet.pattern_ids=[0]", "pet.lm_training=false", "no_distillation=true",
+              "eval.zero_shot=false", "task.unlabeled_examples=0", "pet.max_steps=2"]
+    losses = {}
+    for name, mesh in (("single", ["mesh.data=1"]),
+                       ("sharded", ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"])):
+        out = tmp_path / name
+        assert train_main(["--config", str(workspace["config"]), f"output_dir={out}",
+                           *common, *mesh]) == 0
+        losses[name] = [r["loss"] for r in read_jsonl(out / "p0-s0" / "metrics.jsonl")]
+    np.testing.assert_allclose(losses["sharded"], losses["single"], rtol=1e-5)
