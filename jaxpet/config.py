@@ -56,6 +56,7 @@ class ModelConfig:
     name: str = MISSING
     dtype: str = "float32"  # compute dtype: float32, bfloat16 or float16; master weights stay fp32
     remat: bool = False  # recompute layer activations in the backward pass to save memory
+    remat_policy: str = "full"  # with remat: "full" keeps layer inputs, "dots" also matmul outputs
 
 
 @dataclass
@@ -252,6 +253,7 @@ def validate(config: Config) -> None:
     if any(part is not None for part in custom) and any(part is None for part in custom):
         raise ConfigError("a config-defined task needs all of 'task.definition', "
                           "'task.patterns' and 'task.verbalizer'")
+    _check_choice(config.model.remat_policy, ("full", "dots"), "model.remat_policy")
     for axis in ("fsdp", "tensor"):
         if getattr(config.mesh, axis) < 1:
             raise ConfigError(f"config key 'mesh.{axis}' must be >= 1")

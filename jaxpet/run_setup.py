@@ -71,7 +71,7 @@ def load_model(config: Config, head: str, num_labels: int | None = None) -> Any:
     if lm.tokenizer is None:
         raise ValueError(f"model {config.model.name!r} has no tokenizer files")
     if config.model.remat:
-        remat_config = lm.config.replace(remat=True)
+        remat_config = lm.config.replace(remat=True, remat_policy=config.model.remat_policy)
         lm = dataclasses.replace(lm, module=lm.module.clone(config=remat_config),
                                  config=remat_config)
     check_memory(config, lm, head)
@@ -95,9 +95,10 @@ def check_memory(config: Config, lm: Any, head: str) -> None:
     fsdp, tensor = config.mesh.fsdp, config.mesh.tensor
     data = config.mesh.data if config.mesh.data > 0 else max(
         1, jax.device_count() // (fsdp * tensor))
+    remat = config.model.remat_policy if config.model.remat else "none"
     estimate = estimate_memory(
         backbone_from_config(lm.config), batch_size=batch_size,
-        seq_len=settings.max_seq_length, remat="full" if config.model.remat else "none",
+        seq_len=settings.max_seq_length, remat=remat,
         compute_dtype=config.model.dtype, data=data, fsdp=fsdp, tensor=tensor)
     print(f"memory estimate: {estimate.describe()}")
     limit = device_memory_bytes()

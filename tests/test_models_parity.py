@@ -112,9 +112,10 @@ def test_dropout_uses_the_given_rng(tiny_root):
     assert not np.allclose(run(0), eval_BxPxV)
 
 
-def test_remat_gives_same_gradients(tiny_root):
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_gives_same_gradients(tiny_root, policy):
     lm = load_pretrained(tm.build_tiny_checkpoint("bert", "mlm", tiny_root), head="mlm")
-    remat_module = lm.module.clone(config=lm.config.replace(remat=True))
+    remat_module = lm.module.clone(config=lm.config.replace(remat=True, remat_policy=policy))
     ids_BxS = jnp.asarray(np.random.default_rng(0).integers(5, 60, size=(2, 10)))
     mask_BxS = jnp.ones_like(ids_BxS)
 

@@ -55,6 +55,9 @@ class EncoderConfig:
     classifier_dropout: float | None = None  # None: hidden_dropout_prob (ALBERT: 0.1 in HF)
     initializer_range: float = 0.02
     remat: bool = False  # rematerialise each layer in the backward pass (saves activations)
+    # what remat keeps from the forward pass: "full" keeps only layer inputs, "dots" also
+    # keeps the matmul outputs (more memory, less recomputation)
+    remat_policy: str = "full"
     # Everything else from the HF config (id2label, architectures, ...) for a faithful round trip.
     hf_extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 

@@ -216,9 +216,21 @@ class Layer(nn.Module):
         return h_BxSxD, None
 
 
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}
+
+
+def remat_policy(name: str) -> Callable | None:
+    """The jax.checkpoint policy of a remat policy name ("full" or "dots")."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {name!r}; use one of {', '.join(REMAT_POLICIES)}")
+    return REMAT_POLICIES[name]
+
+
 def layer_class(config: EncoderConfig) -> type[nn.Module]:
     """Layer, rematerialised in the backward pass when config.remat is set."""
-    return nn.remat(Layer, prevent_cse=False) if config.remat else Layer
+    if not config.remat:
+        return Layer
+    return nn.remat(Layer, prevent_cse=False, policy=remat_policy(config.remat_policy))
 
 
 class LayerStack(nn.Module):
