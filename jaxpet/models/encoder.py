@@ -216,7 +216,8 @@ class Layer(nn.Module):
         return h_BxSxD, None
 
 
-REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.checkpoint_dots}
+# "dots" keeps the weight matmuls' outputs (no batch dims), as jaxpet.memory assumes.
+REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def remat_policy(name: str) -> Callable | None:
