@@ -16,18 +16,16 @@ import pytest
 from jaxpet.memory import (
     GIB,
     KNOWN_BACKBONES,
-    SLICES,
     BackboneShape,
     DoesNotFit,
     backbone_from_config,
-    best_fit,
     check_fits,
     count_parameters,
     estimate_memory,
-    fits_table,
     get_backbone,
     parameter_shapes,
 )
+from jaxpet.slices import SLICES, best_fit, fits_table
 
 # The estimate's activation model is calibrated on XLA for GPU (docs/scale.md: measured
 # within 0.97-1.04 for encoders without remat). On CPU, XLA fuses less and keeps more
