@@ -224,7 +224,8 @@ def _first_line(error: OmegaConfBaseException) -> str:
     return str(getattr(error, "msg", error)).splitlines()[0]
 
 
-def _merge(base: Any, other: Any, source: str) -> Any:
+def merge_config(base: Any, other: Any, source: str) -> Any:
+    """OmegaConf.merge whose errors name the unknown or mistyped key and `source`."""
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as e:
@@ -288,17 +289,18 @@ def validate(config: Config) -> None:
         raise ConfigError("config key 'mlm_pretrain.steps' must be >= 1 when enabled")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
-    """Loads defaults <- YAML file <- `key=value` overrides into a validated `Config`."""
-    merged = OmegaConf.structured(Config)
-    if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            file_conf = OmegaConf.load(path)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
-        merged = _merge(merged, file_conf, str(path))
+def read_yaml(path: str | os.PathLike) -> Any:
+    """The YAML config file at `path` as an OmegaConf tree; errors name the file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+
+
+def apply_overrides(merged: Any, overrides: list[str]) -> Any:
+    """Merges dotted `key=value` overrides onto an OmegaConf tree; errors name the override."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
@@ -306,7 +308,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
             dot = OmegaConf.from_dotlist([item])
         except OmegaConfBaseException as e:
             raise ConfigError(f"override {item!r}: {_first_line(e)}") from None
-        merged = _merge(merged, dot, f"override {item!r}")
+        merged = merge_config(merged, dot, f"override {item!r}")
+    return merged
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Loads defaults <- YAML file <- `key=value` overrides into a validated `Config`."""
+    merged = OmegaConf.structured(Config)
+    if path is not None:
+        merged = merge_config(merged, read_yaml(path), str(path))
+    merged = apply_overrides(merged, list(overrides))
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         where = f" in {path}" if path else ""

@@ -15,9 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from jaxpet.config import (
     CheckpointConfig,
@@ -27,6 +25,9 @@ from jaxpet.config import (
     MeshConfig,
     ModelConfig,
     TrainingConfig,
+    apply_overrides,
+    merge_config,
+    read_yaml,
 )
 
 READERS = ("translation", "cnn_dailymail", "glue_tsv", "squad", "jsonl")
@@ -126,17 +127,6 @@ def validate_text2text(section: Text2TextConfig) -> None:
     _check(section.max_new_tokens >= 0, "max_new_tokens", "must be >= 0")
 
 
-def _merge(base: Any, other: Any, source: str) -> Any:
-    try:
-        return OmegaConf.merge(base, other)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        first = str(getattr(e, "msg", e)).splitlines()[0]
-        if "not in" in first:
-            raise ConfigError(f"{source}: unknown config key '{key}'") from None
-        raise ConfigError(f"{source}: bad value for '{key}': {first}") from None
-
-
 def load_text2text_config(source: Any, overrides: list[str] = (),
                           output_dir: str | None = None) -> Text2TextRunConfig:
     """A validated `Text2TextRunConfig` from a YAML path, a mapping / DictConfig, a
@@ -148,12 +138,7 @@ def load_text2text_config(source: Any, overrides: list[str] = (),
     name = "config"
     if isinstance(source, (str, os.PathLike)):
         name = str(source)
-        if not os.path.isfile(source):
-            raise ConfigError(f"config file not found: {source}")
-        try:
-            tree = OmegaConf.load(source)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: invalid YAML: {e}") from None
+        tree = read_yaml(source)
     elif dataclasses.is_dataclass(source):
         if not hasattr(source, "text2text"):
             raise ConfigError(f"{type(source).__name__} has no 'text2text' section")
@@ -166,11 +151,8 @@ def load_text2text_config(source: Any, overrides: list[str] = (),
     else:
         raise TypeError(f"cannot read a text2text config from {type(source).__name__}")
     tree = OmegaConf.create({k: tree[k] for k in tree if k in _RUN_KEYS})
-    merged = _merge(OmegaConf.structured(Text2TextRunConfig), tree, name)
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        merged = _merge(merged, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    merged = merge_config(OmegaConf.structured(Text2TextRunConfig), tree, name)
+    merged = apply_overrides(merged, list(overrides))
     if output_dir is not None:
         merged.output_dir = str(output_dir)
     missing = sorted(OmegaConf.missing_keys(merged))
