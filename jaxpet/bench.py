@@ -45,7 +45,9 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         size=args.size, seq_len=args.seq_len, batch_size=args.batch_size,
         unlabeled_batch_size=args.unlabeled_batch_size, dtype=args.dtype, steps=args.steps,
         warmup=args.warmup, compare_torch=args.compare == "torch",
-        max_mlm_targets=args.max_mlm_targets,
+        max_mlm_targets=args.max_mlm_targets, dropout=args.dropout, prng_impl=args.prng_impl,
+        profile_steps=args.profile, attention_dropout=args.attention_dropout,
+        attention=args.attention,
     )
     peak = _peak(args.dtype)
     report["measured_peak"] = peak
@@ -57,6 +59,8 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             )
     print(f"PET train step: size={report['size']} seq={report['seq_len']} "
           f"batch={report['labeled_batch']}+{report['unlabeled_batch']} dtype={report['dtype']} "
+          f"dropout={report['dropout']}/{report['attention_dropout']} "
+          f"attention={report['attention']} prng={report['prng_impl']} "
           f"device={report['device']} x{report['num_devices']}")
     print_table(report["ways"], ["name", "step_seconds", "examples_per_s", "tokens_per_s",
                                  "compile_seconds", "flops_per_step", "achieved_flops_per_s",
@@ -68,7 +72,22 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
               f"{report['speedup_vs_torch_original']:.2f}x")
         print(f"jaxpet speed-up over (b) jaxpet's algorithm in PyTorch:  "
               f"{report['speedup_vs_torch_fused']:.2f}x")
+    if "jaxpet_profile" in report:
+        print_profile(report["jaxpet_profile"])
     return report
+
+
+def print_profile(profile: dict[str, Any]) -> None:
+    """The jaxpet step's time by op category and its most expensive ops."""
+    if "error" in profile:
+        print(f"profile: {profile['error']}")
+        return
+    print(f"\njaxpet step profile ({profile['steps']} traced steps, "
+          f"{profile['wall_seconds_per_step']:.4g} s wall and "
+          f"{profile['op_seconds_per_step']:.4g} s of op time per step):")
+    print_table(profile["categories"], ["category", "seconds_per_step", "share"])
+    print()
+    print_table(profile["top_ops"], ["op", "category", "seconds_per_step", "share", "source"])
 
 
 def cmd_decode(args: argparse.Namespace) -> dict[str, Any]:
@@ -134,6 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-mlm-targets", type=int, default=None)
     train.add_argument("--compare", choices=["torch"], default=None,
                        help="also run the original PET way and jaxpet's way in PyTorch")
+    train.add_argument("--dropout", type=float, default=0.1,
+                       help="hidden and attention dropout of the benchmark model")
+    train.add_argument("--attention-dropout", type=float, default=None,
+                       help="attention-probability dropout (default: --dropout)")
+    train.add_argument("--attention", default="xla", choices=["xla", "cudnn"],
+                       help="attention kernel of jaxpet's model (cudnn: NVIDIA GPUs, "
+                            "no attention dropout)")
+    train.add_argument("--prng-impl", default=None,
+                       choices=["threefry2x32", "rbg", "unsafe_rbg"],
+                       help="key type of jaxpet's random bits (default: JAX's, threefry2x32)")
+    train.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                       help="trace this many extra jaxpet steps and print time per op category")
     train.set_defaults(func=cmd_train)
 
     decode = sub.add_parser("decode", help="K-step multi-mask decoding vs PET's loop")

@@ -25,7 +25,7 @@ def _torch():
 def _label_scores(mask_logits_BxV, verbalizer_ids_LxW):
     """Mean raw logit of each label's words, ignoring -1 padding words."""
     torch = _torch()
-    ids_LxW = torch.as_tensor(verbalizer_ids_LxW, dtype=torch.long)
+    ids_LxW = torch.as_tensor(verbalizer_ids_LxW, dtype=torch.long, device=mask_logits_BxV.device)
     valid_LxW = (ids_LxW >= 0).to(mask_logits_BxV.dtype)
     gathered_BxLxW = mask_logits_BxV[:, ids_LxW.clamp(min=0)]
     return (gathered_BxLxW * valid_LxW).sum(-1) / valid_LxW.sum(-1)
@@ -50,7 +50,7 @@ def original_pet_loss(model: Any, batch: dict[str, Any], verbalizer_ids_LxW, alp
         attention_mask=t("attention_mask"),
         token_type_ids=t("token_type_ids"),
     ).logits
-    rows = torch.arange(logits_BxSxV.shape[0])
+    rows = torch.arange(logits_BxSxV.shape[0], device=logits_BxSxV.device)
     mask_logits_BxV = logits_BxSxV[rows, t("mask_positions")[:, 0].long()]
     cloze = torch.nn.functional.cross_entropy(
         _label_scores(mask_logits_BxV, verbalizer_ids_LxW), t("labels").long()

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpet.bench_profile import profile_steps_by_op
 from jaxpet.bench_torch import mlm_labels
 from jaxpet.data.masking import mask_tokens_positions
 from jaxpet.flops import train_step_flops
@@ -59,11 +60,15 @@ SIZES: dict[str, dict] = {
 NUM_LABELS = 4
 
 
-def model_config(size: str, seq_len: int) -> EncoderConfig:
-    """The benchmark model of `size`, with room for `seq_len` positions."""
+def model_config(size: str, seq_len: int, dropout: float = 0.1,
+                 attention_dropout: float | None = None, attention: str = "xla") -> EncoderConfig:
+    """The benchmark model of `size`, room for `seq_len` positions; `dropout` on hidden states
+    and, unless `attention_dropout` is given, on attention probabilities."""
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose from {', '.join(SIZES)}")
-    fields = dict(SIZES[size], hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    attention_dropout = dropout if attention_dropout is None else attention_dropout
+    fields = dict(SIZES[size], hidden_dropout_prob=dropout,
+                  attention_probs_dropout_prob=attention_dropout, attention=attention)
     config = EncoderConfig(embedding_size=fields["hidden_size"], **fields)
     needed = seq_len + config.position_offset
     if config.max_position_embeddings < needed:
@@ -155,6 +160,7 @@ class WayResult:
     loss: float
     peak_memory_bytes: int | None = None
     times: list[float] = field(default_factory=list)
+    profile: dict | None = None
 
 
 def _median_time(step, batch, steps: int, warmup: int) -> tuple[float, float, float, list[float]]:
@@ -185,7 +191,8 @@ def _batch_mesh(*batch_sizes: int):
     return make_mesh(data=size, devices=jax.devices()[:size])
 
 
-def bench_jaxpet(config, batch, dtype, max_targets, steps, warmup, seed=0) -> WayResult:
+def bench_jaxpet(config, batch, dtype, max_targets, steps, warmup, seed=0,
+                 prng_impl: str | None = None, profile_steps: int = 0) -> WayResult:
     lm = init_model(config, head="mlm", seed=seed, dtype=dtype)
     ids = SpecialIds.for_config(config)
     loss_fn = make_pet_loss(
@@ -202,7 +209,7 @@ def bench_jaxpet(config, batch, dtype, max_targets, steps, warmup, seed=0) -> Wa
     trainer = Trainer(loss_fn, make_optimizer(1e-5, num_steps=10_000), mesh)
     state = trainer.init(lm.params)
     device_batch = global_batch(batch, mesh)
-    rng = jax.random.key(seed)
+    rng = jax.random.key(seed, impl=prng_impl)
     holder = {"state": state}
 
     def step(_):
@@ -215,7 +222,14 @@ def bench_jaxpet(config, batch, dtype, max_targets, steps, warmup, seed=0) -> Wa
     flops = train_step_flops(
         config, labeled + unlabeled, seq_len, labeled + unlabeled * max_targets
     )
-    return WayResult("jaxpet", median, compile_s, flops.total, loss, _device_peak_bytes(), times)
+    result = WayResult("jaxpet", median, compile_s, flops.total, loss, _device_peak_bytes(), times)
+    if profile_steps:
+        try:
+            hlo = trainer.compiled_text(holder["state"], device_batch, rng)
+            result.profile = profile_steps_by_op(step, profile_steps, hlo)
+        except Exception as error:  # noqa: BLE001  (a profiler that fails keeps the timings)
+            result.profile = {"error": f"{type(error).__name__}: {error}"}
+    return result
 
 
 def bench_torch(config, batch, way, dtype, max_targets, steps, warmup, seed=0) -> WayResult:
@@ -265,15 +279,26 @@ def run_train_benchmark(
     compare_torch: bool = False,
     max_mlm_targets: int | None = None,
     seed: int = 0,
+    dropout: float = 0.1,
+    prng_impl: str | None = None,
+    profile_steps: int = 0,
+    attention_dropout: float | None = None,
+    attention: str = "xla",
 ) -> dict:
-    """Runs jaxpet's step (and the PyTorch ways with compare_torch) and returns a report dict."""
+    """Runs jaxpet's step (and the PyTorch ways with compare_torch) and returns a report dict.
+
+    prng_impl: the key type of jaxpet's dropout and masking bits (None: JAX's default,
+    threefry2x32). profile_steps > 0 traces that many extra jaxpet steps with jax.profiler and
+    adds the time per op category (jaxpet.bench_profile) to the report.
+    """
     if size == "large" and jax.devices()[0].platform == "cpu":
         raise ValueError("size 'large' (RoBERTa-large) is meant for a GPU or TPU")
-    config = model_config(size, seq_len)
+    config = model_config(size, seq_len, dropout, attention_dropout, attention)
     max_targets = max_mlm_targets or max(1, int(np.ceil(0.15 * seq_len)))
     batch = synthetic_batch(config, batch_size, unlabeled_batch_size, seq_len, seed)
     compute_dtype = jnp.dtype(dtype)
-    ways = [bench_jaxpet(config, batch, compute_dtype, max_targets, steps, warmup, seed)]
+    ways = [bench_jaxpet(config, batch, compute_dtype, max_targets, steps, warmup, seed,
+                         prng_impl, profile_steps)]
     if compare_torch:
         ways.append(
             bench_torch(config, batch, "original", compute_dtype, max_targets, steps, warmup, seed)
@@ -290,6 +315,10 @@ def run_train_benchmark(
         "unlabeled_batch": unlabeled_batch_size,
         "dtype": compute_dtype.name,
         "max_mlm_targets": max_targets,
+        "dropout": dropout,
+        "attention_dropout": config.attention_probs_dropout_prob,
+        "attention": attention,
+        "prng_impl": prng_impl or jax.config.jax_default_prng_impl,
         "device": jax.devices()[0].device_kind,
         "num_devices": jax.device_count(),
         "process_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -313,4 +342,6 @@ def run_train_benchmark(
         jax_s = ways[0].step_seconds
         report["speedup_vs_torch_original"] = ways[1].step_seconds / jax_s
         report["speedup_vs_torch_fused"] = ways[2].step_seconds / jax_s
+    if ways[0].profile is not None:
+        report["jaxpet_profile"] = ways[0].profile
     return report

@@ -151,6 +151,13 @@ class Trainer:
             )
         return self._train_step(state, batch, rng)
 
+    def compiled_text(self, state: TrainState, batch: Mapping[str, jax.Array],
+                      rng: jax.Array) -> str:
+        """The optimized HLO of train_step for these arguments (for profiles; state is kept)."""
+        if self._train_step is None:
+            raise RuntimeError("call train_step once before asking for its compiled text")
+        return self._train_step.lower(state, batch, rng).compile().as_text()
+
     def compiled_programs(self) -> int:
         """How many programs train_step has compiled so far (one per batch shape)."""
         return 0 if self._train_step is None else self._train_step._cache_size()
