@@ -165,7 +165,19 @@ class SelfAttention(nn.Module):
         q_BxSxNxK, k_BxSxNxK, v_BxSxNxK = project("query"), project("key"), project("value")
         keep_Bx1x1xS = mask_BxS.astype(bool)[:, None, None, :]
         rate = cfg.attention_probs_dropout_prob
-        if self.deterministic or rate == 0.0:
+        if cfg.attention == "cudnn":
+            if not self.deterministic and rate > 0.0:
+                raise ValueError(
+                    "attention='cudnn' has no attention-probability dropout: set "
+                    "attention_probs_dropout_prob to 0 to train with it, or use attention='xla'"
+                )
+            # cuDNN's flash kernel takes key padding as lengths: inputs are right-padded.
+            ctx_BxSxNxK = jax.nn.dot_product_attention(
+                q_BxSxNxK, k_BxSxNxK, v_BxSxNxK,
+                key_value_seq_lengths=mask_BxS.astype(jnp.int32).sum(axis=-1),
+                implementation="cudnn",
+            )
+        elif self.deterministic or rate == 0.0:
             ctx_BxSxNxK = jax.nn.dot_product_attention(
                 q_BxSxNxK, k_BxSxNxK, v_BxSxNxK, mask=keep_Bx1x1xS
             )
