@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import re
 import string
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -29,17 +30,30 @@ def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, flo
     return {"bleu": float(result.score)}
 
 
+# A sentence ends at . ! or ? (optionally followed by closing quotes or brackets) before
+# whitespace and a capital letter, digit or opening quote.
+_SENTENCE_END = re.compile(r"(?<=[.!?])([\"')\]]*)\s+(?=[A-Z0-9\"'(])")
+
+
+def sentence_lines(text: str) -> str:
+    """One sentence per line. rougeLsum splits summaries at newlines, but T5 tokenizers turn
+    newlines into spaces, so generated summaries arrive on one line; the T5 and Hugging Face
+    evaluations put their sentences on separate lines before scoring, as this does."""
+    return "\n".join(line.strip() for part in text.splitlines()
+                     for line in _SENTENCE_END.sub("\\1\n", part).split("\n") if line.strip())
+
+
 def rouge(predictions: Sequence[str], references: Sequence[str],
           types: Sequence[str] = ("rouge1", "rouge2", "rougeLsum")) -> dict[str, float]:
-    """Mean ROUGE F-measures (rouge-score, Porter stemming); rougeLsum treats newlines as
-    sentence breaks, so multi-sentence summaries should keep one sentence per line."""
+    """Mean ROUGE F-measures (rouge-score, Porter stemming); for rougeLsum predictions and
+    references are split into one sentence per line (sentence_lines)."""
     from rouge_score import rouge_scorer
 
     _check_lengths(predictions, references, "rouge")
     scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=True)
     totals = collections.defaultdict(float)
     for pred, ref in zip(predictions, references, strict=True):
-        for name, score in scorer.score(ref, pred).items():
+        for name, score in scorer.score(sentence_lines(ref), sentence_lines(pred)).items():
             totals[name] += score.fmeasure
     return {name: 100.0 * total / len(predictions) for name, total in totals.items()}
 
@@ -98,5 +112,12 @@ def correlations(predictions: Sequence, references: Sequence) -> dict[str, float
     _check_lengths(predictions, references, "correlations")
     pred = np.array([to_float(p) if isinstance(p, str) else float(p) for p in predictions])
     ref = np.array([to_float(r) if isinstance(r, str) else float(r) for r in references])
+    for values, what in ((pred, "predictions"), (ref, "references")):
+        if np.ptp(values) == 0.0:
+            # scipy would warn "an input array is constant" without saying which one
+            warnings.warn(f"correlations: all {len(values)} {what} are {values[0]:g} (text that "
+                          "is no number counts as -1); Pearson and Spearman correlation are "
+                          "undefined and reported as NaN", stacklevel=2)
+            return {"pearson": float("nan"), "spearman": float("nan")}
     return {"pearson": 100.0 * float(stats.pearsonr(pred, ref)[0]),
             "spearman": 100.0 * float(stats.spearmanr(pred, ref)[0])}

@@ -36,7 +36,10 @@ def _jsonl(path: str) -> Iterator[tuple[int, Record]]:
             yield line_no, record
 
 
-def _require(record: Record, keys: tuple[str, ...], where: str) -> None:
+def _require(record: Any, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(record, dict):
+        raise DataFileError(f"{where}: expected an object with field(s) {list(keys)}, found "
+                            f"{type(record).__name__}")
     missing = [k for k in keys if k not in record]
     if missing:
         raise DataFileError(f"{where}: missing field(s) {missing}; has {sorted(record)}")
@@ -133,16 +136,19 @@ def read_squad(path: str) -> list[Record]:
             data = json.load(f)
         except json.JSONDecodeError as err:
             raise DataFileError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
-    if not isinstance(data, dict) or "data" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise DataFileError(f"{path}: not a SQuAD file (no top-level 'data' list)")
     records = []
     for a, article in enumerate(data["data"]):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
+        _require(article, ("paragraphs",), f"{path}: data[{a}]")
+        for p, paragraph in enumerate(article["paragraphs"]):
             where = f"{path}: data[{a}].paragraphs[{p}]"
             _require(paragraph, ("context", "qas"), where)
             for q, qa in enumerate(paragraph["qas"]):
                 _require(qa, ("id", "question"), f"{where}.qas[{q}]")
-                answers = [ans["text"] for ans in qa.get("answers", [])]
+                for n, answer in enumerate(qa.get("answers", [])):
+                    _require(answer, ("text",), f"{where}.qas[{q}].answers[{n}]")
+                answers = [answer["text"] for answer in qa.get("answers", [])]
                 records.append({"id": qa["id"], "question": qa["question"],
                                 "context": paragraph["context"], "answers": answers})
     return records

@@ -140,6 +140,10 @@ def template(record: Mapping[str, Any], inputs: str, targets: str | None = None,
                     None if targets is None else formatter.vformat(targets, (), fields))
 
 
+# Keys that _from_record reads from the format options rather than from the record.
+FORMAT_OPTION_KEYS = ("source_language", "target_language", "benchmark", "inputs")
+
+
 def _from_record(kind: str) -> Callable[..., TextPair]:
     def build(record: Mapping[str, Any], **options: Any) -> TextPair:
         try:
@@ -161,10 +165,14 @@ def _from_record(kind: str) -> Callable[..., TextPair]:
             return template(record, options["inputs"], options.get("targets"),
                             options.get("name", "template"))
         except KeyError as err:
-            if str(err).startswith(("'", '"')):
-                raise KeyError(f"{kind}: missing key {err.args[0]!r} (record or format "
-                               f"options)") from None
-            raise
+            if not str(err).startswith(("'", '"')):
+                raise  # already a full message (template field, glue features)
+            key = err.args[0]
+            if key in FORMAT_OPTION_KEYS:
+                raise KeyError(f"{kind}: missing key {key!r} (a format option, config key "
+                               f"text2text.format_options.{key})") from None
+            raise KeyError(f"{kind}: missing key {key!r} (the record has fields "
+                           f"{sorted(record)})") from None
 
     return build
 
@@ -173,12 +181,21 @@ FORMATS = {k: _from_record(k) for k in
            ("translate", "summarize", "mnli", "stsb", "squad", "glue", "template")}
 
 
+def _record_error(error: KeyError | ValueError, where: str, guid: str
+                  ) -> KeyError | ValueError:
+    """The same error type with the file and the record's id in front, so that a user can find
+    the example (KeyError keeps its message in args[0], which str() would quote)."""
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return type(error)(f"{where}: record {guid!r}: {message}")
+
+
 def format_records(
-    records: Sequence[Mapping[str, Any]], config: Mapping[str, Any]
+    records: Sequence[Mapping[str, Any]], config: Mapping[str, Any], where: str = ""
 ) -> list[TextPair]:
     """Render records with a format config, e.g. {"format": "translate", "source_language": "en",
     "target_language": "de"} or {"format": "template", "inputs": "cola sentence: {sentence}",
-    "targets": "{label}"}."""
+    "targets": "{label}"}. `where` (e.g. the data file) prefixes errors about a record, with its
+    id (JSONL records without one are numbered by line)."""
     if "format" not in config:
         raise KeyError(f"text-to-text config needs a 'format' key (one of {sorted(FORMATS)})")
     kind = config["format"]
@@ -187,7 +204,12 @@ def format_records(
     options = {k: v for k, v in config.items() if k != "format"}
     pairs = []
     for i, record in enumerate(records):
-        pair = FORMATS[kind](record, **options)
         guid = str(record.get("guid", record.get("id", i)))
+        try:
+            pair = FORMATS[kind](record, **options)
+        except (KeyError, ValueError) as err:
+            if not where:
+                raise
+            raise _record_error(err, where, guid) from None
         pairs.append(dataclasses.replace(pair, guid=guid))
     return pairs

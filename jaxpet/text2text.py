@@ -60,10 +60,29 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
     return records
 
 
+def data_path(section: Text2TextConfig, file_name: str) -> str:
+    return os.path.join(section.data_dir, file_name) if section.data_dir else file_name
+
+
+def check_data_files(section: Text2TextConfig) -> None:
+    """Fails before the model loads (or hours of training pass) when a data file is missing;
+    the message names the config keys to change."""
+    for key in ("train_file", "eval_file"):
+        file_name = getattr(section, key)
+        if not file_name:
+            continue
+        path = data_path(section, file_name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path}: no such data file (config keys text2text.{key}={file_name!r}, "
+                f"text2text.data_dir={section.data_dir!r}; the config's header comment says "
+                "where the data come from)")
+
+
 def read_records(section: Text2TextConfig, file_name: str, limit: int = -1
                  ) -> list[dict[str, Any]]:
     """The records of one split through the configured reader (first `limit`; -1 = all)."""
-    path = os.path.join(section.data_dir, file_name) if section.data_dir else file_name
+    path = data_path(section, file_name)
     options = dict(section.reader_options)
     if section.reader == "translation":
         records = t2t_readers.read_translation(path, **options)
@@ -88,9 +107,10 @@ def format_config(section: Text2TextConfig) -> dict[str, Any]:
     return config
 
 
-def render(section: Text2TextConfig, records: Sequence[Mapping[str, Any]]
+def render(section: Text2TextConfig, records: Sequence[Mapping[str, Any]], where: str = ""
            ) -> list[t2t_tasks.TextPair]:
-    return t2t_tasks.format_records(records, format_config(section))
+    """(inputs, targets) pairs; errors about a record name `where` (the file) and its id."""
+    return t2t_tasks.format_records(records, format_config(section), where)
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int
@@ -167,21 +187,26 @@ def metric_name(section: Text2TextConfig) -> str:
     return DEFAULT_METRIC[section.format] if section.metric == "auto" else section.metric
 
 
+def metric_references(name: str, pairs: Sequence[t2t_tasks.TextPair],
+                      records: Sequence[Mapping[str, Any]]) -> list[Any]:
+    """What each prediction is scored against: the target string, except SQuAD (all gold
+    answers) and correlation (the records' unrounded scores when all have one)."""
+    if name == "squad":
+        return [list(p.meta.get("answers") or [p.targets]) for p in pairs]
+    if name == "correlation" and all(isinstance(r.get("label"), (int, float))
+                                     and not isinstance(r.get("label"), bool) for r in records):
+        return [float(r["label"]) for r in records]
+    return [p.targets for p in pairs]
+
+
 def compute_metric(name: str, predictions: Sequence[str], pairs: Sequence[t2t_tasks.TextPair],
                    records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """The metric on decoded strings against the pairs' targets (SQuAD: all gold answers;
-    STS-B: the records' unrounded scores when present)."""
+    """The metric on decoded strings against metric_references."""
     if name == "none":
         return {}
-    if name == "squad":
-        return t2t_metrics.squad(predictions, [p.meta.get("answers") or [p.targets]
-                                               for p in pairs])
-    references = [p.targets for p in pairs]
-    if name == "correlation":
-        if all(isinstance(r.get("label"), (int, float)) for r in records):
-            references = [float(r["label"]) for r in records]
-        return t2t_metrics.correlations(predictions, references)
-    return {"bleu": t2t_metrics.bleu, "rouge": t2t_metrics.rouge,
+    references = metric_references(name, pairs, records)
+    return {"bleu": t2t_metrics.bleu, "rouge": t2t_metrics.rouge, "squad": t2t_metrics.squad,
+            "correlation": t2t_metrics.correlations,
             "accuracy": t2t_metrics.accuracy}[name](predictions, references)
 
 
@@ -272,12 +297,22 @@ def _train(config: Text2TextRunConfig, lm: Any, arrays: dict[str, np.ndarray], m
     return state.params, updates, time.perf_counter() - start
 
 
-def evaluate(config: Text2TextRunConfig, lm: Any, params: Any, mesh: Any,
-             out: Path) -> dict[str, Any]:
-    """Decodes the evaluation file, scores it and writes predictions.jsonl."""
-    section = config.text2text
+def read_eval_split(section: Text2TextConfig
+                    ) -> tuple[list[dict[str, Any]], list[t2t_tasks.TextPair]]:
+    """The evaluation records and their pairs (read before training, so that a bad evaluation
+    file fails the run at its start rather than after training)."""
     records = read_records(section, section.eval_file, section.eval_examples)
-    pairs = render(section, records)
+    return records, render(section, records, section.eval_file)
+
+
+def evaluate(config: Text2TextRunConfig, lm: Any, params: Any, mesh: Any, out: Path,
+             split: tuple[list[dict[str, Any]], list[t2t_tasks.TextPair]] | None = None
+             ) -> dict[str, Any]:
+    """Decodes the evaluation file (or `split`, from read_eval_split), scores it and writes
+    predictions.jsonl: per example the prediction, the target and, where the metric scores
+    against something else (SQuAD answers, STS-B scores), that `reference`."""
+    section = config.text2text
+    records, pairs = split if split is not None else read_eval_split(section)
     labeled = all(p.targets is not None for p in pairs)
     arrays, cut = encode_pairs(lm.tokenizer, pairs, section.max_seq_length,
                                section.max_target_length, section.eval_file, with_targets=False)
@@ -297,10 +332,13 @@ def evaluate(config: Text2TextRunConfig, lm: Any, params: Any, mesh: Any,
         outputs.write_npy(out / "rank_scores.npy", scores_NxL)
         result["rank_classification"] = (compute_metric(name, ranked, pairs, records)
                                          if labeled else {})
+    references = metric_references(name, pairs, records) if labeled else [None] * len(pairs)
     records_out = []
     for i, pair in enumerate(pairs):
         row = {"guid": pair.guid, "inputs": pair.inputs, "prediction": predictions[i],
                "target": pair.targets}
+        if references[i] != pair.targets:
+            row["reference"] = references[i]
         if ranked is not None:
             row["rank_prediction"] = ranked[i]
         records_out.append(row)
@@ -349,14 +387,16 @@ def run(config: Any, output_dir: str | os.PathLike | None = None, *,
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     outputs.write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
+    check_data_files(section)
     enable_compilation_cache(config.compilation_cache)
     mesh = build_mesh(config)
     check_batch_sizes(mesh, {"text2text.train_batch_size": section.train_batch_size})
-    lm = load_model(config)
     train_records = read_records(section, section.train_file, section.train_examples)
-    train_arrays, cut = encode_pairs(lm.tokenizer, render(section, train_records),
-                                     section.max_seq_length, section.max_target_length,
-                                     section.train_file)
+    train_pairs = render(section, train_records, section.train_file)
+    eval_split = read_eval_split(section) if section.eval_file else None
+    lm = load_model(config)
+    train_arrays, cut = encode_pairs(lm.tokenizer, train_pairs, section.max_seq_length,
+                                     section.max_target_length, section.train_file)
     print(f"text2text ({section.format}): {len(train_records)} training examples from "
           f"{section.train_file}; model {config.model.name}; {mesh.devices.size} device(s)")
     params, updates, seconds = _train(config, lm, train_arrays, mesh, out, compiler_options)
@@ -369,10 +409,11 @@ def run(config: Any, output_dir: str | os.PathLike | None = None, *,
         save_model(lm, params, out / "model")
         results["model_dir"] = str(out / "model")
     if section.eval_file:
-        results.update(evaluate(config, lm, params, mesh, out))
+        results.update(evaluate(config, lm, params, mesh, out, eval_split))
     results["wall_time_s"] = time.perf_counter() - start
-    outputs.write_json(out / "results.json", results)
-    print(json.dumps({k: results[k] for k in ("metrics", "rank_classification") if k in results}))
+    written = outputs.read_json(outputs.write_json(out / "results.json", results))
+    # the scores as results.json holds them (an undefined NaN correlation is null there)
+    print(json.dumps({k: written[k] for k in ("metrics", "rank_classification") if k in written}))
     return results
 
 

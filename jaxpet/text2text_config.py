@@ -33,6 +33,8 @@ from jaxpet.config import (
 READERS = ("translation", "cnn_dailymail", "glue_tsv", "squad", "jsonl")
 FORMATS = ("translate", "summarize", "mnli", "stsb", "squad", "glue", "template")
 METRICS = ("auto", "bleu", "rouge", "squad", "accuracy", "correlation", "none")
+# format_options each built-in format needs (checked when the config loads, not per record).
+FORMAT_OPTIONS = {"translate": ("source_language", "target_language"), "glue": ("benchmark",)}
 # The metric each built-in format is evaluated with when `metric: auto`.
 DEFAULT_METRIC = {"translate": "bleu", "summarize": "rouge", "squad": "squad", "mnli": "accuracy",
                   "glue": "accuracy", "stsb": "correlation", "template": "accuracy"}
@@ -113,6 +115,9 @@ def validate_text2text(section: Text2TextConfig) -> None:
                "is required with format 'template' (e.g. 'sentiment: {text}')")
         _check(bool(section.template_targets), "template_targets",
                "is required with format 'template' (e.g. '{label}')")
+    for option in FORMAT_OPTIONS.get(section.format, ()):
+        _check(bool(section.format_options.get(option)), f"format_options.{option}",
+               f"is required with format {section.format!r}")
     if section.reader == "glue_tsv":
         _check(section.reader_options.get("task") in ("mnli", "stsb"), "reader_options.task",
                "must be 'mnli' or 'stsb' with reader 'glue_tsv'")

@@ -215,3 +215,48 @@ def test_offline_t5_tokenizer_round_trip(tmp_path):
         "translate English to German: That is good."
     assert tok.convert_tokens_to_ids("<extra_id_0>") == len(tok) - 1
     assert tok.convert_tokens_to_ids("<extra_id_99>") == len(tok) - 100
+
+
+# ---- regressions found by running the configs end to end -------------------------------------
+
+def test_rouge_lsum_scores_one_line_predictions_sentence_by_sentence():
+    # T5 tokenizers turn newlines into spaces, so generated summaries come on one line; rougeLsum
+    # must still see their sentences (one per line, as the references have them).
+    assert t2t_metrics.sentence_lines("Home. The dog ran! U.S. troops left 3.5 km.\nOk") == \
+        "Home.\nThe dog ran!\nU.S. troops left 3.5 km.\nOk"
+    scores = t2t_metrics.rouge(["Home. The dog ran."], ["The dog ran home."])
+    # by sentence: LCS("the dog ran home", {"home"} u {"the dog ran"}) = 4 tokens; as one
+    # sentence "home the dog ran" only 3 of 4 would match (75)
+    assert scores["rougeLsum"] == pytest.approx(100.0)
+    assert scores["rouge1"] == pytest.approx(100.0)
+
+
+def test_correlations_of_a_constant_output_are_nan_with_a_clear_warning():
+    with pytest.warns(UserWarning, match="all 3 predictions are -1 .*undefined"):
+        scores = t2t_metrics.correlations(["", "", "x"], [1.0, 2.0, 3.0])
+    assert np.isnan(scores["pearson"]) and np.isnan(scores["spearman"])
+
+
+def test_record_errors_name_the_file_the_record_and_what_is_missing():
+    records = [{"id": "a", "premise": "p", "hypothesis": "h"}, {"id": "b", "premise": "p"}]
+    with pytest.raises(KeyError, match=r"dev\.jsonl: record 'b': mnli: missing key "
+                                       r"'hypothesis' \(the record has fields \['id', "
+                                       r"'premise'\]\)"):
+        t2t_tasks.format_records(records, {"format": "mnli"}, "dev.jsonl")
+    with pytest.raises(ValueError, match=r"dev\.jsonl: record 'a': mnli: label 'maybe'"):
+        t2t_tasks.format_records([{**records[0], "label": "maybe"}], {"format": "mnli"},
+                                 "dev.jsonl")
+    with pytest.raises(KeyError, match=r"missing key 'target_language' \(a format option, "
+                                       r"config key text2text\.format_options\.target_language"):
+        t2t_tasks.format_records([{"source": "x"}], {"format": "translate",
+                                                     "source_language": "en"}, "train.tsv")
+
+
+def test_squad_reader_names_an_answer_without_text(tmp_path):
+    path = tmp_path / "dev.json"
+    path.write_text('{"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "q", '
+                    '"question": "?", "answers": [{"answer_start": 0}]}]}]}]}')
+    with pytest.raises(t2t_readers.DataFileError,
+                       match=r"dev\.json: data\[0\]\.paragraphs\[0\]\.qas\[0\]\.answers\[0\]: "
+                             r"missing field\(s\) \['text'\]"):
+        t2t_readers.read_squad(str(path))
