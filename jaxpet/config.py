@@ -103,6 +103,9 @@ class PetConfig(TrainingConfig):
 class ClassifierConfig(TrainingConfig):
     """The sequence classifier: the supervised baseline (and the distilled final model)."""
 
+    # its checkpoint (folder, hub name or "minilm"); empty (null or "") = model.name. An encoder
+    # (BERT, RoBERTa, XLM-R, ALBERT): set it when the PET backbone is T5, which cannot be one
+    model: Optional[str] = None  # noqa: UP045 - OmegaConf needs Optional
     temperature: float = 2.0  # distillation temperature for soft labels
     baseline: bool = False  # with method "pet": also train it on the labeled set for comparison
 

@@ -31,11 +31,53 @@ def encode_classifier_inputs(lm: Any, examples: Sequence[Any], max_seq_length: i
             if k in MODEL_INPUTS}
 
 
+def classifier_model_name(config: Config) -> str:
+    """The sequence classifier's checkpoint: classifier.model, else the PET model."""
+    return config.classifier.model or config.model.name
+
+
+def needs_classifier(config: Config) -> bool:
+    """Whether the run trains a sequence classifier (baseline or distilled model)."""
+    if config.method == "sequence_classifier":
+        return True
+    return config.method in ("pet", "ipet") and (
+        not config.no_distillation or config.classifier.baseline)
+
+
+def check_classifier_model(config: Config) -> None:
+    """Fails (before any training) when the sequence classifier would be a T5 checkpoint."""
+    from jaxpet.config import ConfigError
+    from jaxpet.run_setup import is_t5_checkpoint
+
+    name = classifier_model_name(config)
+    source = ("classifier.model" if config.classifier.model
+              else "model.name (classifier.model is empty)")
+    try:
+        is_t5 = is_t5_checkpoint(name)
+    except (FileNotFoundError, ValueError) as err:
+        raise type(err)(f"{source}: {err}") from None
+    if not is_t5:
+        return
+    raise ConfigError(
+        f"the sequence classifier (distilled model / baseline) would be {name!r} from {source}, "
+        "a T5 checkpoint; T5 is no sequence classifier here. Set classifier.model to an encoder "
+        "checkpoint (BERT, RoBERTa, XLM-R, ALBERT; e.g. classifier.model=roberta-base), or "
+        "no_distillation=true to report the PET ensemble")
+
+
 def classifier_model(config: Config, num_labels: int, encoder_params: Any = None) -> tuple:
-    """(LoadedModel with a classifier head, initial params: warmed-up encoder when given)."""
+    """(LoadedModel with a classifier head, initial params: warmed-up encoder when given).
+
+    The warmed-up encoder (mlm_pretrain) belongs to model.name; a classifier.model of another
+    checkpoint starts from its own weights."""
     from jaxpet.pet import load_model
 
-    lm = load_model(config, "classifier", num_labels=num_labels)
+    name = classifier_model_name(config)
+    if encoder_params is not None and name != config.model.name:
+        print(f"classifier.model {name!r} is not model.name: the classifier starts from its own "
+              "weights, not from the MLM warm-up's encoder")
+        encoder_params = None
+    lm = load_model(config, "classifier", num_labels=num_labels, name=name)
     params = lm.params if encoder_params is None else {**lm.params, "encoder": encoder_params}
     return lm, params
 

@@ -8,9 +8,11 @@ eval_logits.npy, unlabeled_logits.npy and predictions.jsonl; then the merged ens
 "ipet": generations of such ensembles in `OUT/g{G}/` (jaxpet.ipet_run). method
 "sequence_classifier": the supervised baseline, one model per repetition in `OUT/sc-s{S}/`
 (after the MLM warm-up when enabled); method "mlm_pretrain": the warm-up stage alone, which
-exports the adapted model to `OUT/mlm_pretrain/model`. A folder that already holds
-results.json is reused and a model with checkpoints resumes from them, so a killed run
-continues where it stopped. summary.md and summary.png come from jaxpet.report.
+exports the adapted model to `OUT/mlm_pretrain/model`. A T5 checkpoint as model.name is a PET
+backbone too (jaxpet.t5_pet, docs/t5_pet.md); its ensemble is distilled into classifier.model.
+A folder that already holds results.json is reused and a model with checkpoints resumes from
+them, so a killed run continues where it stopped. summary.md and summary.png come from
+jaxpet.report.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from jaxpet.run_setup import (  # noqa: E402, F401
     TaskData,
     build_mesh,
     check_batch_sizes,
+    check_memory,
     enable_compilation_cache,
     evaluate_logits,
     label_indices,
@@ -76,24 +79,42 @@ def train(config: Config, settings: TrainingConfig, loss_fn: Any, params: Any, g
 
 @dataclasses.dataclass
 class PatternData:
-    """One pattern's encoded sets and its compiled label-score function."""
+    """One pattern's encoded sets and its compiled label-score function.
+
+    A masked-LM pattern has verbalizer ids [L, W]; a T5 pattern (jaxpet.t5_pet) has none and
+    its label targets `<extra_id_0> word` (ids, mask [L, W, T]) instead.
+    """
 
     pattern_id: int
-    verbalizer_ids_LxW: np.ndarray
+    verbalizer_ids_LxW: np.ndarray | None
     logits_fn: Any
     train: dict[str, np.ndarray]
     eval: dict[str, np.ndarray]
     unlabeled: dict[str, np.ndarray] | None
+    label_targets: tuple[np.ndarray, np.ndarray] | None = None
+
+
+def encoded_sets(encode: Any, data: TaskData) -> dict[str, Any]:
+    """PatternData's train / eval / unlabeled arrays from encode(examples) -> arrays."""
+    from jaxpet.data.batching import DEFAULT_BUCKETS, trim_to_bucket
+
+    return dict(
+        # |T| = 0 (zero-shot iPET): an empty labeled set shaped like the others
+        train=encode(data.train) if data.train else {
+            k: v[:0] for k, v in encode(data.eval[:1]).items()},
+        eval=trim_to_bucket(encode(data.eval), DEFAULT_BUCKETS),
+        unlabeled=encode(data.unlabeled) if data.unlabeled else None)
 
 
 def prepare_pattern(config: Config, lm: Any, data: TaskData, pattern_id: int) -> PatternData:
-    from jaxpet.data.batching import DEFAULT_BUCKETS, trim_to_bucket
+    from jaxpet.multitoken_pet import needs_multi_token, prepare_multitoken_pattern
     from jaxpet.pet_step import make_label_logits_fn
     from jaxpet.prompts import get_pvp
 
     pvp = get_pvp(data.name, pattern_id)
-    from jaxpet.multitoken_pet import needs_multi_token, prepare_multitoken_pattern
-
+    # before needs_multi_token: T5 scores label words of any length in one decoder pass
+    if lm.head == "seq2seq":
+        return prepare_t5_pattern(config, lm, data, pvp)
     if needs_multi_token(pvp, lm.tokenizer):  # COPA, WSC, ReCoRD, multi-token verbalizers
         return prepare_multitoken_pattern(config, lm, data, pattern_id, pvp)
     seq = config.pet.max_seq_length
@@ -104,11 +125,54 @@ def prepare_pattern(config: Config, lm: Any, data: TaskData, pattern_id: int) ->
     return PatternData(
         pattern_id=pattern_id, verbalizer_ids_LxW=verbalizer_ids_LxW,
         logits_fn=make_label_logits_fn(lm.module.apply, verbalizer_ids_LxW),
-        # |T| = 0 (zero-shot iPET): an empty labeled set shaped like the others
-        train=encode(data.train) if data.train else {
-            k: v[:0] for k, v in encode(data.eval[:1]).items()},
-        eval=trim_to_bucket(encode(data.eval), DEFAULT_BUCKETS),
-        unlabeled=encode(data.unlabeled) if data.unlabeled else None)
+        **encoded_sets(encode, data))
+
+
+def prepare_t5_pattern(config: Config, lm: Any, data: TaskData, pvp: Any) -> PatternData:
+    """A pattern of a T5 backbone: the mask slot is `<extra_id_0>`, the label scores are the
+    log-likelihoods of the label words after it (jaxpet.t5_pet)."""
+    from jaxpet.t5_pet import (
+        check_t5_pattern,
+        make_t5_label_scores_fn,
+        t5_label_targets,
+        t5_pet_encode,
+    )
+
+    check_t5_pattern(pvp)
+    seq = config.pet.max_seq_length
+    encode = lambda examples: t5_pet_encode(pvp, examples, lm.tokenizer, seq)  # noqa: E731
+    ids_LxWxT, mask_LxWxT = t5_label_targets(pvp, lm.tokenizer)
+    scores_fn = make_t5_label_scores_fn(lm.module.apply, ids_LxWxT, mask_LxWxT,
+                                        **t5_special_ids(lm))
+    return PatternData(pattern_id=pvp.pattern_id, verbalizer_ids_LxW=None, logits_fn=scores_fn,
+                       label_targets=(ids_LxWxT, mask_LxWxT), **encoded_sets(encode, data))
+
+
+def t5_special_ids(lm: Any) -> dict[str, int]:
+    """The decoder's start and pad ids, as jaxpet.t5_pet's functions take them."""
+    return dict(start_id=lm.config.decoder_start_token_id, pad_id=lm.config.pad_token_id)
+
+
+def check_t5_memory(config: Config, lm: Any, patterns: Sequence[PatternData]) -> None:
+    """check_memory of a T5 backbone, its decoder length being the longest patterns' targets."""
+    target_len = max(int(np.prod(p.label_targets[0].shape)) for p in patterns)
+    check_memory(config, lm, "mlm", target_len=target_len)
+
+
+def share_logits_fns(patterns: Sequence[Any]) -> list[Any]:
+    """Patterns whose label scoring is the same (one verbalizer, e.g. all AG News patterns)
+    get one logits_fn object, so that their predictions share compiled programs."""
+    first: dict[tuple, Any] = {}
+    shared = []
+    for pattern in patterns:
+        if not isinstance(pattern, PatternData):  # multi-token: per-example candidates
+            shared.append(pattern)
+            continue
+        constants = pattern.label_targets or (pattern.verbalizer_ids_LxW,)
+        key = tuple((a.shape, str(a.dtype), a.tobytes()) for a in map(np.asarray, constants))
+        fn = first.setdefault(key, pattern.logits_fn)
+        shared.append(dataclasses.replace(pattern, logits_fn=fn))
+    return shared
 
 
 def predict_logits(config: Config, fn: Any, params: Any, arrays: Mapping[str, np.ndarray],
@@ -142,6 +206,20 @@ def pet_loss_kwargs(config: Config, lm: Any) -> dict[str, Any]:
                 mlm_probability=settings.mlm_probability)
 
 
+def pattern_loss(config: Config, lm: Any, pattern: PatternData) -> Any:
+    """The training loss of one PET model: cloze (+ auxiliary MLM) for a masked LM, the
+    cross-entropy over label log-likelihoods for T5 (with dropout as the MLM path has)."""
+    from jaxpet.pet_step import make_pet_loss
+    from jaxpet.t5_pet import make_t5_pet_loss
+
+    if pattern.label_targets is not None:
+        ids_LxWxT, mask_LxWxT = pattern.label_targets
+        return make_t5_pet_loss(lm.module.apply, ids_LxWxT, mask_LxWxT, **t5_special_ids(lm),
+                                dropout=lm.config.dropout_rate > 0.0)
+    return make_pet_loss(lm.module.apply, pattern.verbalizer_ids_LxW,
+                         **pet_loss_kwargs(config, lm))
+
+
 def training_groups(config: Config, pattern: PatternData, train_set: Mapping[str, np.ndarray],
                     seed: int) -> dict[str, tuple]:
     """Batcher groups of a PET model: labeled rows, and pattern-applied unlabeled rows for the
@@ -166,8 +244,6 @@ def train_pet_model(config: Config, lm: Any, params: Any, pattern: PatternData, 
     `train_arrays` replaces the pattern's labeled set (iPET: T plus pseudo-labeled examples).
     With `pet.max_steps` 0 or an empty training set the model is evaluated untrained.
     """
-    from jaxpet.pet_step import make_pet_loss
-
     if getattr(pattern, "multi_token", False):
         from jaxpet.multitoken_pet import train_multitoken_model
 
@@ -190,8 +266,7 @@ def train_pet_model(config: Config, lm: Any, params: Any, pattern: PatternData, 
     if pretrained is not None:  # trained together with other members (jaxpet.parallel_members)
         trained, seconds = pretrained
     elif not zero_shot_member:
-        loss_fn = make_pet_loss(lm.module.apply, pattern.verbalizer_ids_LxW,
-                                **pet_loss_kwargs(config, lm))
+        loss_fn = pattern_loss(config, lm, pattern)
         groups = training_groups(config, pattern, train_set, seed)
         trained, seconds = train(config, settings, loss_fn, params, groups, mesh, folder, seed)
     eval_logits = predict_logits(config, pattern.logits_fn, trained, pattern.eval, mesh)
@@ -243,8 +318,16 @@ def prepare_pet(config: Config, data: TaskData, mesh: Any,
         sizes["mlm_pretrain.batch_size"] = config.mlm_pretrain.batch_size
     check_batch_sizes(mesh, sizes)
     lm = load_model(config, "mlm")
-    patterns = [prepare_pattern(config, lm, data, p) for p in settings.pattern_ids]
+    if lm.head == "seq2seq":
+        from jaxpet.t5_pet import check_t5_pet_options
+
+        check_t5_pet_options(config)
+    patterns = share_logits_fns([prepare_pattern(config, lm, data, p)
+                                 for p in settings.pattern_ids])
+    if lm.head == "seq2seq":
+        check_t5_memory(config, lm, patterns)
     results: dict[str, Any] = {}
+    lm = dataclasses.replace(lm, params=place_params(lm.params, mesh))  # frees the unplaced copy
     params = lm.params
     if config.eval.zero_shot:
         results["zero_shot"] = zero_shot(config, patterns, params, data, mesh)
@@ -254,6 +337,17 @@ def prepare_pet(config: Config, data: TaskData, mesh: Any,
             results["zero_shot_after_mlm_pretrain"] = zero_shot(
                 config, patterns, params, data, mesh)
     return lm, params, patterns, results
+
+
+def place_params(params: Any, mesh: Any) -> Any:
+    """`params` on the mesh as the Trainer places them: predictions before and after training
+    then share one compiled program, and a large model is not held whole on one device."""
+    import jax
+
+    from jaxpet.sharding import param_shardings
+
+    host = jax.tree.map(np.asarray, jax.device_get(params))
+    return jax.device_put(host, param_shardings(host, mesh))
 
 
 def train_ensemble(config: Config, lm: Any, params: Any, patterns: Sequence[PatternData],
@@ -308,6 +402,20 @@ def warm_up_encoder(config: Config, data: TaskData, mesh: Any, out: Path) -> tup
     return params["encoder"], results
 
 
+def check_models(config: Config) -> None:
+    """Fails before any training when a model cannot do what the config asks of it: options
+    a T5 backbone does not support, a sequence classifier that would be a T5 checkpoint."""
+    from jaxpet.distill import check_classifier_model, needs_classifier
+    from jaxpet.run_setup import is_t5_checkpoint
+
+    if is_t5_checkpoint(config.model.name):
+        from jaxpet.t5_pet import check_t5_pet_options
+
+        check_t5_pet_options(config)
+    if needs_classifier(config):
+        check_classifier_model(config)
+
+
 def run(config: Config) -> dict[str, Any]:
     """Runs `config.method` end to end; writes and returns the run's results."""
     start = time.perf_counter()
@@ -316,6 +424,7 @@ def run(config: Config) -> dict[str, Any]:
     outputs.write_text(out / "config.yaml", to_yaml(config))
     enable_compilation_cache(config.compilation_cache)
     data = load_task_data(config)
+    check_models(config)
     mesh = build_mesh(config)
     print(f"{config.task.name}: {len(data.train)} labeled, {len(data.unlabeled)} unlabeled, "
           f"{len(data.eval)} {config.task.eval_set} examples; model {config.model.name}; "

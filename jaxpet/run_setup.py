@@ -63,24 +63,61 @@ def resolve_model_name(name: str) -> str:
     return name
 
 
-def load_model(config: Config, head: str, num_labels: int | None = None) -> Any:
+def is_t5_checkpoint(name: str) -> bool:
+    """True when the checkpoint `name` (a folder, hub name or "minilm") is a T5 / mT5 model."""
+    from jaxpet.models.pretrained import _resolve_folder, read_config
+    from jaxpet.models.t5_config import SUPPORTED_T5_TYPES
+
+    # the loader's own folder lookup: the same hub cache and offline errors as load_pretrained
+    folder = _resolve_folder(resolve_model_name(name))
+    return read_config(folder)["model_type"] in SUPPORTED_T5_TYPES
+
+
+def load_model(config: Config, head: str, num_labels: int | None = None,
+               name: str | None = None) -> Any:
+    """The checkpoint `name` (default model.name) with `head`, after the memory check.
+
+    PET asks for head "mlm"; a T5 checkpoint answers with its seq2seq model instead (its
+    pattern's mask slot is a sentinel that the decoder fills, jaxpet.t5_pet). Its memory is
+    checked later, once the label targets fix the decoder's length (check_memory's target_len).
+    """
     from jaxpet.models import load_pretrained
 
-    lm = load_pretrained(resolve_model_name(config.model.name), head=head, num_labels=num_labels,
+    name = name or config.model.name
+    if head == "mlm" and is_t5_checkpoint(name):
+        head = "seq2seq"
+    lm = load_pretrained(resolve_model_name(name), head=head, num_labels=num_labels,
                          dtype=jnp.dtype(config.model.dtype), seed=config.seed)
     if lm.tokenizer is None:
-        raise ValueError(f"model {config.model.name!r} has no tokenizer files")
+        raise ValueError(f"model {name!r} has no tokenizer files")
     if config.model.remat:
-        remat_config = lm.config.replace(remat=True, remat_policy=config.model.remat_policy)
-        lm = dataclasses.replace(lm, module=lm.module.clone(config=remat_config),
-                                 config=remat_config)
-    check_memory(config, lm, head)
+        lm = with_remat(config, lm)
+    if head != "seq2seq":
+        check_memory(config, lm, head)
     return lm
 
 
-def check_memory(config: Config, lm: Any, head: str) -> None:
+def with_remat(config: Config, lm: Any) -> Any:
+    """`lm` whose layers recompute their activations in the backward pass (model.remat)."""
+    if lm.head == "seq2seq":
+        # T5 blocks only know full remat (jaxpet.models.t5.Stack)
+        if config.model.remat_policy != "full":
+            print(f"model.remat_policy={config.model.remat_policy!r} does not apply to T5: "
+                  "its blocks are rematerialised in full")
+        remat_config = dataclasses.replace(lm.config, remat=True)
+    else:
+        remat_config = lm.config.replace(remat=True, remat_policy=config.model.remat_policy)
+    return dataclasses.replace(lm, module=lm.module.clone(config=remat_config),
+                               config=remat_config)
+
+
+def check_memory(config: Config, lm: Any, head: str, target_len: int | None = None) -> None:
     """Prints the per-device memory estimate of this model's train step, and fails before
-    compiling when the devices report less memory than it needs (jaxpet.memory)."""
+    compiling when the devices report less memory than it needs (jaxpet.memory).
+
+    A T5 PET backbone (lm.head "seq2seq") needs `target_len`: decoder positions per example,
+    all label targets together (L x W x T), which is how jaxpet.t5_pet scores them.
+    """
     from jaxpet.memory import (
         backbone_from_config,
         check_fits,
@@ -96,10 +133,18 @@ def check_memory(config: Config, lm: Any, head: str) -> None:
     data = config.mesh.data if config.mesh.data > 0 else max(
         1, jax.device_count() // (fsdp * tensor))
     remat = config.model.remat_policy if config.model.remat else "none"
+    extra = {}
+    if lm.head == "seq2seq":
+        if target_len is None:
+            raise ValueError("check_memory needs target_len for a T5 model")
+        remat = "full" if config.model.remat else "none"  # see with_remat
+        # the B x (L W) targets of T tokens are costed as B rows of L W T tokens: exact for all
+        # but the decoder's self-attention scores, which this overestimates (T is small)
+        extra = dict(target_len=target_len)
     estimate = estimate_memory(
         backbone_from_config(lm.config), batch_size=batch_size,
         seq_len=settings.max_seq_length, remat=remat,
-        compute_dtype=config.model.dtype, data=data, fsdp=fsdp, tensor=tensor)
+        compute_dtype=config.model.dtype, data=data, fsdp=fsdp, tensor=tensor, **extra)
     print(f"memory estimate: {estimate.describe()}")
     limit = device_memory_bytes()
     if limit:

@@ -166,25 +166,79 @@ def make_t5_label_scores_fn(apply_fn: Callable, label_target_ids: Any, label_tar
     return label_scores
 
 
-def make_t5_pet_loss(apply_fn: Callable, label_target_ids_LxT: Any, label_target_mask_LxT: Any,
+def make_t5_pet_loss(apply_fn: Callable, label_target_ids: Any, label_target_mask: Any,
                      *, start_id: int = 0, pad_id: int = 0, dropout: bool = False
                      ) -> Callable[[Any, Mapping[str, jax.Array], jax.Array],
                                    tuple[jax.Array, dict]]:
     """loss_fn(params, batch, rng) -> (cross-entropy over the T5 label scores, aux).
 
     batch: input_ids, attention_mask [B, S], labels [B] (from t5_pet_encode). The label scores
-    play the part of PET's verbalizer logits in the cloze loss. dropout=True trains with the
-    model's dropout (rng from the step)."""
-    ids, mask = np.asarray(label_target_ids_LxT), np.asarray(label_target_mask_LxT)
+    play the part of PET's verbalizer logits in the cloze loss. label_target_ids / _mask:
+    [L, T] or [L, W, T] as t5_label_scores takes them (traced arrays too: make_member_t5_pet_loss
+    builds the loss inside the ensemble step). dropout=True trains with the model's dropout (rng
+    from the step)."""
 
     def loss_fn(params: Any, batch: Mapping[str, jax.Array], rng: jax.Array
                 ) -> tuple[jax.Array, dict]:
         rngs = {"dropout": rng} if dropout else None
         scores_BxL = t5_label_scores(apply_fn, params, batch["input_ids"],
-                                     batch["attention_mask"], ids, mask, start_id=start_id,
-                                     pad_id=pad_id, deterministic=not dropout, rngs=rngs)
+                                     batch["attention_mask"], label_target_ids,
+                                     label_target_mask, start_id=start_id, pad_id=pad_id,
+                                     deterministic=not dropout, rngs=rngs)
         labels_B = batch["labels"]
         accuracy = jnp.mean((jnp.argmax(scores_BxL, axis=-1) == labels_B).astype(jnp.float32))
         return cloze_loss(scores_BxL, labels_B), {"train_accuracy": accuracy}
 
     return loss_fn
+
+
+# Batch keys of the per-member label targets in ensemble-parallel training.
+T5_CONSTANT_KEYS = ("label_target_ids", "label_target_mask")
+
+
+def make_member_t5_pet_loss(apply_fn: Callable, *, start_id: int = 0, pad_id: int = 0,
+                            dropout: bool = False) -> Callable:
+    """make_t5_pet_loss reading each member's label targets [L, W, T] from the batch keys
+    T5_CONSTANT_KEYS ([M, L, W, T] for the ensemble; jaxpet.ensemble_training)."""
+    from jaxpet.ensemble_training import constants_from_batch
+
+    return constants_from_batch(
+        lambda ids_LxWxT, mask_LxWxT: make_t5_pet_loss(
+            apply_fn, ids_LxWxT, mask_LxWxT, start_id=start_id, pad_id=pad_id, dropout=dropout),
+        T5_CONSTANT_KEYS)
+
+
+def pad_label_targets(ids_LxWxT: np.ndarray, mask_LxWxT: np.ndarray, words: int, length: int,
+                      pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Label targets padded to `words` words of `length` tokens. The scores stay the same: a
+    padded word has an all-zero mask (not counted) and padded tokens come after the real ones
+    (the decoder is causal)."""
+    labels, num_words, num_tokens = ids_LxWxT.shape
+    widths = [(0, 0), (0, words - num_words), (0, length - num_tokens)]
+    return (np.pad(ids_LxWxT, widths, constant_values=pad_id),
+            np.pad(mask_LxWxT, widths, constant_values=0))
+
+
+def check_t5_pattern(pvp: Any) -> None:
+    """Fails for patterns whose answers are per-example candidates (COPA, WSC, ReCoRD)."""
+    if getattr(pvp, "multi_token", False) or not getattr(pvp.verbalizer, "words", None):
+        raise ValueError(
+            f"task {pvp.task_name!r} pattern {pvp.pattern_id} scores per-example answer "
+            "candidates (COPA / WSC / ReCoRD style); a T5 PET backbone scores fixed label words "
+            "only. Use an encoder masked LM (BERT, RoBERTa, ALBERT) for this task")
+
+
+def check_t5_pet_options(config: Any) -> None:
+    """Fails before any training on the options a T5 PET backbone does not support."""
+    from jaxpet.config import ConfigError
+
+    if config.method in ("pet", "ipet") and config.pet.lm_training:
+        # PET's auxiliary loss is masked-token prediction; T5's counterpart (span corruption)
+        # is a different objective, not implemented here
+        raise ConfigError(
+            "pet.lm_training (the auxiliary MLM loss) needs a masked LM; T5 has no MLM head. "
+            "Set pet.lm_training: false for a T5 backbone")
+    if config.mlm_pretrain.enabled or config.method == "mlm_pretrain":
+        raise ConfigError(
+            "mlm_pretrain trains a masked-LM head, which T5 does not have; set "
+            "mlm_pretrain.enabled: false for a T5 backbone")

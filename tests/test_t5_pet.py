@@ -136,3 +136,32 @@ def test_tiny_t5_pet_training_fits_the_labeled_set(tiny):
     assert logged[steps]["loss"] < 0.5 * logged[1]["loss"]
     # argmax of the label scores picks every gold label by the last step
     assert logged[steps]["train_accuracy"] == 1.0
+
+
+def test_parallel_member_loss_reads_padded_label_targets_from_the_batch(tiny):
+    from jaxpet.parallel_members import member_constants
+    from jaxpet.pet import PatternData
+    from jaxpet.t5_pet import T5_CONSTANT_KEYS, make_member_t5_pet_loss
+
+    lm, _ = tiny
+    one_word = get_pvp("yelp-polarity", 1)
+    two_words = get_pvp("yelp-polarity", 1, verbalizer={"1": ["bad", "terrible"], "2": "good"})
+    enc = t5_pet_encode(one_word, examples(), lm.tokenizer, SEQ)
+    batch = {k: enc[k] for k in ("input_ids", "attention_mask", "labels")}
+    targets = [t5_label_targets(pvp, lm.tokenizer) for pvp in (one_word, two_words)]
+    patterns = [PatternData(i, None, None, {}, {}, None, label_targets=t)
+                for i, t in enumerate(targets)]
+    constants = member_constants(patterns, lm)  # padded to the most words and tokens
+    shapes = {constants[m][key].shape for m in range(2) for key in T5_CONSTANT_KEYS}
+    assert shapes == {(2, 2, max(ids.shape[2] for ids, _ in targets))}
+    assert targets[0][0].shape[1] == 1  # the one-word pattern's targets were padded
+    member_loss = make_member_t5_pet_loss(lm.module.apply)
+    plain_loss = make_t5_pet_loss(lm.module.apply, *targets[0])
+
+    @jax.jit
+    def losses(params, padded):
+        return (member_loss(params, {**batch, **padded}, jax.random.key(0))[0],
+                plain_loss(params, batch, jax.random.key(0))[0])
+
+    from_batch, plain = losses(lm.params, constants[0])
+    np.testing.assert_allclose(float(from_batch), float(plain), rtol=1e-6)
