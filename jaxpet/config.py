@@ -57,6 +57,11 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32, bfloat16 or float16; master weights stay fp32
     remat: bool = False  # recompute layer activations in the backward pass to save memory
     remat_policy: str = "full"  # with remat: "full" keeps layer inputs, "dots" also matmul outputs
+    # "xla" (any backend) or "cudnn": cuDNN's fused flash attention on NVIDIA GPUs, which stores
+    # no [S, S] scores and has no attention-probability dropout (needs attention_dropout: 0)
+    attention: str = "xla"
+    # attention-probability dropout; null keeps the checkpoint's (attention_probs_dropout_prob)
+    attention_dropout: Optional[float] = None  # noqa: UP045 - OmegaConf needs Optional
 
 
 @dataclass
@@ -258,6 +263,10 @@ def validate(config: Config) -> None:
         raise ConfigError("a config-defined task needs all of 'task.definition', "
                           "'task.patterns' and 'task.verbalizer'")
     _check_choice(config.model.remat_policy, ("full", "dots"), "model.remat_policy")
+    _check_choice(config.model.attention, ("xla", "cudnn"), "model.attention")
+    if config.model.attention == "cudnn" and config.model.attention_dropout != 0:
+        raise ConfigError("model.attention 'cudnn' has no attention-probability dropout: set "
+                          "'model.attention_dropout: 0' too (or use model.attention 'xla')")
     for axis in ("fsdp", "tensor"):
         if getattr(config.mesh, axis) < 1:
             raise ConfigError(f"config key 'mesh.{axis}' must be >= 1")

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpet import outputs
-from jaxpet.config import Config, TrainingConfig
+from jaxpet.config import Config, ConfigError, TrainingConfig
 from jaxpet.data.example import Example
 from jaxpet.metrics import compute_metrics, task_metrics
 
@@ -92,6 +92,7 @@ def load_model(config: Config, head: str, num_labels: int | None = None,
         raise ValueError(f"model {name!r} has no tokenizer files")
     if config.model.remat:
         lm = with_remat(config, lm)
+    lm = with_attention(config, lm)
     if head != "seq2seq":
         check_memory(config, lm, head)
     return lm
@@ -109,6 +110,21 @@ def with_remat(config: Config, lm: Any) -> Any:
         remat_config = lm.config.replace(remat=True, remat_policy=config.model.remat_policy)
     return dataclasses.replace(lm, module=lm.module.clone(config=remat_config),
                                config=remat_config)
+
+
+def with_attention(config: Config, lm: Any) -> Any:
+    """`lm` with the model section's attention kernel and attention dropout."""
+    settings = config.model
+    if settings.attention == "xla" and settings.attention_dropout is None:
+        return lm
+    if lm.head == "seq2seq":
+        raise ConfigError("model.attention and model.attention_dropout apply to encoder models "
+                          "(BERT, RoBERTa, XLM-R, ALBERT), not to T5")
+    changes: dict[str, Any] = {"attention": settings.attention}
+    if settings.attention_dropout is not None:
+        changes["attention_probs_dropout_prob"] = float(settings.attention_dropout)
+    new_config = lm.config.replace(**changes)
+    return dataclasses.replace(lm, module=lm.module.clone(config=new_config), config=new_config)
 
 
 def check_memory(config: Config, lm: Any, head: str, target_len: int | None = None) -> None:
@@ -144,7 +160,8 @@ def check_memory(config: Config, lm: Any, head: str, target_len: int | None = No
     estimate = estimate_memory(
         backbone_from_config(lm.config), batch_size=batch_size,
         seq_len=settings.max_seq_length, remat=remat,
-        compute_dtype=config.model.dtype, data=data, fsdp=fsdp, tensor=tensor, **extra)
+        compute_dtype=config.model.dtype, data=data, fsdp=fsdp, tensor=tensor,
+        fused_attention=config.model.attention == "cudnn", **extra)
     print(f"memory estimate: {estimate.describe()}")
     limit = device_memory_bytes()
     if limit:

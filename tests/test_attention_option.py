@@ -44,10 +44,11 @@ def test_cudnn_attention_gets_key_lengths_equal_to_the_padding_mask(monkeypatch)
     cudnn_config = EncoderConfig(**CONFIG, attention="cudnn")
     cudnn_module = xla.module.clone(config=cudnn_config)
     logits_xla = xla.module.apply({"params": xla.params}, ids_BxS, mask_BxS)
+    assert seen and all(call["implementation"] is None for call in seen)
+    seen.clear()
     logits_cudnn = cudnn_module.apply({"params": xla.params}, ids_BxS, mask_BxS)
-    cudnn_calls = [call for call in seen if call["implementation"] == "cudnn"]
-    assert cudnn_calls and not [call for call in seen if call["implementation"] != "cudnn"][1:]
-    np.testing.assert_array_equal(np.asarray(cudnn_calls[0]["lengths"]), mask_BxS.sum(-1))
+    assert seen and all(call["implementation"] == "cudnn" for call in seen)
+    np.testing.assert_array_equal(np.asarray(seen[0]["lengths"]), mask_BxS.sum(-1))
     valid = mask_BxS.astype(bool)
     np.testing.assert_allclose(np.asarray(logits_cudnn)[valid], np.asarray(logits_xla)[valid],
                                atol=1e-5)
@@ -65,3 +66,39 @@ def test_cudnn_attention_refuses_to_train_with_attention_dropout():
 def test_unknown_attention_kernel_is_refused():
     with pytest.raises(ValueError, match="attention must be 'xla' or 'cudnn'"):
         EncoderConfig(**CONFIG, attention="flash")
+
+
+def _config_with(tmp_path, *overrides: str):
+    from jaxpet.config import load_config
+
+    path = tmp_path / "exp.yaml"
+    path.write_text("output_dir: out\ntask:\n  name: agnews\n  data_dir: d\nmodel:\n  name: m\n"
+                    "mesh:\n  data: 1\n")
+    return load_config(path, list(overrides))
+
+
+def test_config_asks_for_attention_dropout_0_with_cudnn(tmp_path):
+    from jaxpet.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.attention_dropout: 0"):
+        _config_with(tmp_path, "model.attention=cudnn")
+    with pytest.raises(ConfigError, match="'model.attention'"):
+        _config_with(tmp_path, "model.attention=flash")
+    config = _config_with(tmp_path, "model.attention=cudnn", "model.attention_dropout=0")
+    assert (config.model.attention, config.model.attention_dropout) == ("cudnn", 0.0)
+
+
+def test_loaded_model_takes_the_attention_settings(tmp_path, tmp_path_factory):
+    from tiny_models import build_tiny_checkpoint, shared_root
+
+    from jaxpet.run_setup import load_model
+
+    folder = build_tiny_checkpoint("bert", "mlm", shared_root(tmp_path_factory))
+    config = _config_with(tmp_path, f"model.name={folder}", "model.attention=cudnn",
+                          "model.attention_dropout=0")
+    lm = load_model(config, "mlm")
+    assert lm.config.attention == "cudnn" and lm.config.attention_probs_dropout_prob == 0.0
+    assert lm.module.config is lm.config
+    default = load_model(_config_with(tmp_path, f"model.name={folder}"), "mlm")
+    assert default.config.attention == "xla"
+    assert default.config.attention_probs_dropout_prob == 0.1  # the checkpoint's own value
