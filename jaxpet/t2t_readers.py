@@ -22,7 +22,8 @@ def _open(path: str):
     return open(path, encoding="utf-8", newline="")
 
 
-def _jsonl(path: str) -> Iterator[tuple[int, Record]]:
+def jsonl_records(path: str) -> Iterator[tuple[int, Record]]:
+    """(line number, object) of each non-blank line; errors name the file and line."""
     with _open(path) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -66,7 +67,7 @@ def read_translation(path: str, source_key: str = "source",
                 records.append({"source": cols[0], "target": cols[1] if len(cols) == 2 else None,
                                 "id": f"{line_no}"})
         return records
-    for line_no, record in _jsonl(path):
+    for line_no, record in jsonl_records(path):
         pair = record.get("translation", record)
         _require(pair, (source_key,), f"{path}:{line_no}")
         records.append({"source": pair[source_key], "target": pair.get(target_key),
@@ -77,7 +78,7 @@ def read_translation(path: str, source_key: str = "source",
 def read_cnn_dailymail(path: str) -> list[Record]:
     """CNN/DailyMail-style JSONL with `article` and (for labeled splits) `highlights`."""
     records = []
-    for line_no, record in _jsonl(path):
+    for line_no, record in jsonl_records(path):
         _require(record, ("article",), f"{path}:{line_no}")
         records.append({"article": record["article"], "highlights": record.get("highlights"),
                         "id": str(record.get("id", line_no))})

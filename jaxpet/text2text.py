@@ -40,23 +40,12 @@ STSB_LABELS = tuple(f"{i / 5:.1f}" for i in range(26))
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """One JSON object per line (blank lines skipped); errors name the file and line."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: no such data file")
+    """One JSON object per line (blank lines skipped), each with an "id" (default: its line
+    number); errors name the file and line."""
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise t2t_readers.DataFileError(f"{path}:{line_no}: invalid JSON ({err.msg})") \
-                    from None
-            if not isinstance(record, dict):
-                raise t2t_readers.DataFileError(f"{path}:{line_no}: expected a JSON object")
-            record.setdefault("id", str(line_no))
-            records.append(record)
+    for line_no, record in t2t_readers.jsonl_records(path):
+        record.setdefault("id", str(line_no))
+        records.append(record)
     return records
 
 
