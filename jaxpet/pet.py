@@ -317,11 +317,7 @@ def prepare_pet(config: Config, data: TaskData, mesh: Any,
     if config.mlm_pretrain.enabled:
         sizes["mlm_pretrain.batch_size"] = config.mlm_pretrain.batch_size
     check_batch_sizes(mesh, sizes)
-    lm = load_model(config, "mlm")
-    if lm.head == "seq2seq":
-        from jaxpet.t5_pet import check_t5_pet_options
-
-        check_t5_pet_options(config)
+    lm = load_model(config, "mlm")  # run() has already checked the T5 options (check_models)
     patterns = share_logits_fns([prepare_pattern(config, lm, data, p)
                                  for p in settings.pattern_ids])
     if lm.head == "seq2seq":
@@ -342,12 +338,9 @@ def prepare_pet(config: Config, data: TaskData, mesh: Any,
 def place_params(params: Any, mesh: Any) -> Any:
     """`params` on the mesh as the Trainer places them: predictions before and after training
     then share one compiled program, and a large model is not held whole on one device."""
-    import jax
+    from jaxpet.sharding import param_shardings, place
 
-    from jaxpet.sharding import param_shardings
-
-    host = jax.tree.map(np.asarray, jax.device_get(params))
-    return jax.device_put(host, param_shardings(host, mesh))
+    return place(params, param_shardings(params, mesh))
 
 
 def train_ensemble(config: Config, lm: Any, params: Any, patterns: Sequence[PatternData],

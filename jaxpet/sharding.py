@@ -154,6 +154,14 @@ def param_shardings(
     )
 
 
+def place(tree: Any, shardings: Any) -> Any:
+    """A copy of `tree` (boxed or plain, on any devices) put on the mesh with `shardings` (a
+    tree of the unboxed structure). The copy goes through the host, so the caller's arrays stay
+    valid even when the placed ones are later donated."""
+    host = jax.tree.map(np.asarray, jax.device_get(nn.unbox(tree)))
+    return jax.tree.map(jax.device_put, host, shardings)
+
+
 def logical_names_of(module: nn.Module, *init_args: Any, **init_kwargs: Any) -> Any:
     """Tree of logical axis-name tuples (None where a param has none) from an abstract init."""
     boxed = jax.eval_shape(

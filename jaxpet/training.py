@@ -31,6 +31,7 @@ from jaxpet.sharding import (
     batch_sharding,
     global_batch,
     param_shardings,
+    place,
     process_batch_slice,
     replicated,
 )
@@ -109,8 +110,7 @@ class Trainer:
         """A fresh TrainState at step 0, params placed with their shardings (copied, not moved)."""
         shardings = self.state_shardings(params)
         self.state_sharding = shardings
-        params = jax.tree.map(np.asarray, jax.device_get(nn.unbox(params)))
-        params = jax.tree.map(lambda x, s: jax.device_put(x, s), params, shardings.params)
+        params = place(params, shardings.params)
         opt_state = jax.jit(self.optimizer.init, out_shardings=shardings.opt_state)(params)
         step = jax.device_put(np.zeros((), np.int32), shardings.step)
         return TrainState(step=step, params=params, opt_state=opt_state)
