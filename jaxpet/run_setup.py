@@ -108,8 +108,7 @@ def with_remat(config: Config, lm: Any) -> Any:
         remat_config = dataclasses.replace(lm.config, remat=True)
     else:
         remat_config = lm.config.replace(remat=True, remat_policy=config.model.remat_policy)
-    return dataclasses.replace(lm, module=lm.module.clone(config=remat_config),
-                               config=remat_config)
+    return with_model_config(lm, remat_config)
 
 
 def with_attention(config: Config, lm: Any) -> Any:
@@ -123,8 +122,13 @@ def with_attention(config: Config, lm: Any) -> Any:
     changes: dict[str, Any] = {"attention": settings.attention}
     if settings.attention_dropout is not None:
         changes["attention_probs_dropout_prob"] = float(settings.attention_dropout)
-    new_config = lm.config.replace(**changes)
-    return dataclasses.replace(lm, module=lm.module.clone(config=new_config), config=new_config)
+    return with_model_config(lm, lm.config.replace(**changes))
+
+
+def with_model_config(lm: Any, model_config: Any) -> Any:
+    """`lm` whose module (and config) are rebuilt with `model_config`; the params stay."""
+    return dataclasses.replace(lm, module=lm.module.clone(config=model_config),
+                               config=model_config)
 
 
 def check_memory(config: Config, lm: Any, head: str, target_len: int | None = None) -> None:

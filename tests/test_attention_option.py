@@ -95,9 +95,11 @@ def test_loaded_model_takes_the_attention_settings(tmp_path, tmp_path_factory):
 
     folder = build_tiny_checkpoint("bert", "mlm", shared_root(tmp_path_factory))
     config = _config_with(tmp_path, f"model.name={folder}", "model.attention=cudnn",
-                          "model.attention_dropout=0")
+                          "model.attention_dropout=0", "model.remat=true",
+                          "model.remat_policy=dots")
     lm = load_model(config, "mlm")
     assert lm.config.attention == "cudnn" and lm.config.attention_probs_dropout_prob == 0.0
+    assert lm.config.remat and lm.config.remat_policy == "dots"  # both settings kept
     assert lm.module.config is lm.config
     default = load_model(_config_with(tmp_path, f"model.name={folder}"), "mlm")
     assert default.config.attention == "xla"
