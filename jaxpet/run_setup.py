@@ -90,15 +90,21 @@ def load_model(config: Config, head: str, num_labels: int | None = None,
                          dtype=jnp.dtype(config.model.dtype), seed=config.seed)
     if lm.tokenizer is None:
         raise ValueError(f"model {name!r} has no tokenizer files")
-    if config.model.remat:
-        lm = with_remat(config, lm)
-    lm = with_attention(config, lm)
+    lm = with_model_options(config, lm)
     if head != "seq2seq":
         check_memory(config, lm, head)
     return lm
 
 
-def with_remat(config: Config, lm: Any) -> Any:
+def with_model_options(config: Any, lm: Any) -> Any:
+    """`lm` with the model section's remat and attention settings (any config with a `model`
+    section: the experiment config or the text-to-text one)."""
+    if config.model.remat:
+        lm = with_remat(config, lm)
+    return with_attention(config, lm)
+
+
+def with_remat(config: Any, lm: Any) -> Any:
     """`lm` whose layers recompute their activations in the backward pass (model.remat)."""
     if lm.head == "seq2seq":
         # T5 blocks only know full remat (jaxpet.models.t5.Stack)
@@ -111,7 +117,7 @@ def with_remat(config: Config, lm: Any) -> Any:
     return with_model_config(lm, remat_config)
 
 
-def with_attention(config: Config, lm: Any) -> Any:
+def with_attention(config: Any, lm: Any) -> Any:
     """`lm` with the model section's attention kernel and attention dropout."""
     settings = config.model
     if settings.attention == "xla" and settings.attention_dropout is None:

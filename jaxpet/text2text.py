@@ -354,7 +354,9 @@ def load_model(config: Text2TextRunConfig) -> Any:
                          seed=config.seed)
     if lm.tokenizer is None:
         raise ValueError(f"model {config.model.name!r} has no tokenizer files")
-    return lm
+    from jaxpet.run_setup import with_model_options
+
+    return with_model_options(config, lm)
 
 
 def run(config: Any, output_dir: str | os.PathLike | None = None, *,

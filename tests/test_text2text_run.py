@@ -204,3 +204,12 @@ def test_built_in_formats_read_render_encode_and_score(tokenizer, reader, reader
             assert value == pytest.approx(best[key]), (key, perfect)
     if fmt == "stsb":  # rounded targets against the raw scores: strongly, not perfectly, related
         assert perfect["pearson"] > 99.0
+
+
+def test_model_section_options_reach_the_t5_model(model_dir, tmp_path):
+    from jaxpet.text2text import load_model
+
+    lm = load_model(tiny_config(model_dir, tmp_path, "model.remat=true"))
+    assert lm.config.remat and lm.module.config is lm.config
+    with pytest.raises(ConfigError, match="model.attention .* not to T5"):
+        load_model(tiny_config(model_dir, tmp_path, "model.attention_dropout=0"))
