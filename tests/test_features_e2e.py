@@ -223,3 +223,84 @@ def test_bf16_pet_training_runs_in_bf16_and_stays_close_to_fp32(workspace, lower
                 # event files store float32: 1e-6 relative is their rounding
                 assert scalars[key][record["step"]] == pytest.approx(record[key], rel=1e-6)
         assert sorted(scalars["loss"]) == [1, 2, 3]
+
+
+# ---------------------------------------------------------------- x-stance
+
+STANCE_WORDS = {"FAVOR": ["support", "good", "agree", "fair"],
+                "AGAINST": ["oppose", "bad", "reject", "unfair"]}
+QUESTION_WORDS = ["should", "the", "state", "fund", "railway", "schools", "taxes", "lower", "?"]
+
+
+def build_tiny_bert(folder: Path, words: list[str]) -> Path:
+    """A tiny random BERT MLM checkpoint whose word-level vocabulary holds `words`."""
+    import torch
+    from tiny_models import tiny_hf_config
+    from transformers import BertForMaskedLM, BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(words))]
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)})
+    torch.manual_seed(0)
+    model = BertForMaskedLM(tiny_hf_config("bert", len(tokenizer), tokenizer)).eval()
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def _stance_records(labels: list[str], seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    records = []
+    for i, label in enumerate(labels):
+        records.append({
+            "id": 100 * seed + i, "label": label, "language": ["de", "fr"][i % 2],
+            "question": " ".join(rng.choice(QUESTION_WORDS[:-1], 5)) + " ?",
+            "comment": " ".join(rng.choice(STANCE_WORDS[label] + ["the", "state"], 6)) + " ."})
+    return records
+
+
+@pytest.mark.slow  # one PET run with its own model, ~40 s on 2 shared cores
+def test_xstance_run_reports_macro_f1_of_its_predictions(tmp_path):
+    from sklearn.metrics import f1_score
+
+    words = [w for ws in STANCE_WORDS.values() for w in ws] + QUESTION_WORDS + ["yes", "no", "."]
+    model = build_tiny_bert(tmp_path / "tiny-bert", words)
+    data = tmp_path / "xstance"
+    data.mkdir()
+    for name, labels, seed in (("train.jsonl", ["FAVOR", "AGAINST"] * 4, 0),
+                               # unbalanced, so that macro-F1 and accuracy differ in general
+                               ("test.jsonl", ["FAVOR"] * 7 + ["AGAINST"] * 3, 1)):
+        (data / name).write_text("".join(json.dumps(r) + "\n"
+                                         for r in _stance_records(labels, seed)))
+    out = tmp_path / "out"
+    config = tmp_path / "xstance.yaml"
+    config.write_text(f"""\
+method: pet
+output_dir: {out}
+compilation_cache: ""
+no_distillation: true
+task: {{name: xstance, data_dir: {data}, train_examples: -1, unlabeled_examples: 0}}
+model: {{name: {model}}}
+pet: {{pattern_ids: [3], repetitions: 1, max_seq_length: 32, train_batch_size: 4,
+      max_steps: 2, learning_rate: 1e-3}}
+mesh: {{data: 1}}
+eval: {{batch_size: 8, zero_shot: false}}
+logging: {{progress: false}}
+""")
+    assert train_main(["--config", str(config)]) == 0
+    member = json.loads((out / "p3-s0" / "results.json").read_text())
+    assert member["num_train"] == 8 and member["num_eval"] == 10
+    predictions = read_jsonl(out / "p3-s0" / "predictions.jsonl")
+    logits_NxL = np.load(out / "p3-s0" / "eval_logits.npy")
+    # columns follow the task's labels: FAVOR, AGAINST
+    assert [p["label"] for p in predictions] == [["FAVOR", "AGAINST"][i]
+                                                 for i in logits_NxL.argmax(-1)]
+    gold = [p["gold"] for p in predictions]
+    assert gold == ["FAVOR"] * 7 + ["AGAINST"] * 3
+    predicted = [p["label"] for p in predictions]
+    # PET's x-stance metric: macro-F1 over the two stances, as sklearn computes it
+    expected = f1_score(gold, predicted, average="macro")
+    assert member["metrics"]["f1-macro"] == pytest.approx(expected, abs=1e-12)  # same formula
+    assert member["metrics"]["acc"] == pytest.approx(np.mean(np.array(gold) == predicted))
+    top = json.loads((out / "results.json").read_text())
+    assert top["ensemble"]["metrics"]["f1-macro"] == pytest.approx(expected, abs=1e-12)
+    assert "f1-macro" in (out / "summary.md").read_text()
