@@ -1,4 +1,4 @@
-"""`python -m jaxpet.bench train|decode|encode|generate|peak`: throughput benchmarks.
+"""`python -m jaxpet.bench train|decode|encode|generate|ensemble|peak`: throughput benchmarks.
 
 Each subcommand prints a table and, with `--json PATH`, writes the full report as JSON.
 Ratios compare ways measured in the same process on the same inputs and weights; absolute
@@ -132,6 +132,23 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
     return {"benchmark": "generate", **report}
 
 
+def cmd_ensemble(args: argparse.Namespace) -> dict[str, Any]:
+    from jaxpet.bench_ensemble import run_ensemble_benchmark
+
+    report = run_ensemble_benchmark(
+        size=args.size, vocab_size=args.vocab_size, members=args.members, seq_len=args.seq_len,
+        labeled=args.labeled, unlabeled=args.unlabeled, steps=args.steps, repeats=args.repeats,
+    )
+    rows = [dict(way=way, **{k: report[way][k] for k in ("median_wall_s", "median_cpu_s")})
+            for way in ("sequential", "parallel")]
+    print(f"ensemble members: {report['members']} x size={report['size']} "
+          f"seq={report['seq_len']} batch={report['batch']}")
+    print_table(rows, ["way", "median_wall_s", "median_cpu_s"])
+    print(f"parallel speed-up: {report['speedup_wall']:.2f}x wall, "
+          f"{report['speedup_cpu']:.2f}x CPU")
+    return {"benchmark": "ensemble", **report}
+
+
 def cmd_peak(args: argparse.Namespace) -> dict[str, Any]:
     report = _peak(args.dtype)
     print_table([report], ["device", "dtype", "size", "flops_per_s", "datasheet_flops_per_s"])
@@ -192,11 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--torch-device", default="cpu")
     generate.set_defaults(func=cmd_generate)
 
+    ensemble = sub.add_parser("ensemble", help="parallel (member axis) vs sequential members")
+    ensemble.add_argument("--size", default="small", choices=["tiny", "small", "base", "large"])
+    ensemble.add_argument("--vocab-size", type=int, default=None)
+    ensemble.add_argument("--members", type=int, default=4)
+    ensemble.add_argument("--seq-len", type=int, default=64)
+    ensemble.add_argument("--labeled", type=int, default=4, help="labeled rows per member step")
+    ensemble.add_argument("--unlabeled", type=int, default=4)
+    ensemble.add_argument("--steps", type=int, default=3, help="member updates per timed repeat")
+    ensemble.add_argument("--repeats", type=int, default=3)
+    ensemble.set_defaults(func=cmd_ensemble)
+
     peak = sub.add_parser("peak", help="measured dense matmul FLOP/s")
     peak.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     peak.set_defaults(func=cmd_peak)
 
-    for p in (train, decode, encode, generate, peak):
+    for p in (train, decode, encode, generate, ensemble, peak):
         p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     return parser
 
