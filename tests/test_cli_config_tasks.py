@@ -93,3 +93,62 @@ def test_tensor_parallel_mesh_from_the_config_gives_the_same_losses(tmp_path):
                            *common, *mesh]) == 0
         losses[name] = [r["loss"] for r in read_jsonl(out / "p0-s0" / "metrics.jsonl")]
     np.testing.assert_allclose(losses["sharded"], losses["single"], rtol=1e-5)
+
+
+def _hand_csv(folder, rows) -> None:
+    import csv
+
+    folder.mkdir()
+    for name in ("train.csv", "test.csv"):
+        with open(folder / name, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f, quoting=csv.QUOTE_ALL).writerows(rows)
+
+
+def test_config_defined_task_encodes_the_hand_written_tokens(tmp_path):
+    from transformers import AutoTokenizer
+
+    from jaxpet.pet import load_task_data, prepare_pattern
+    from jaxpet.run_setup import load_model
+
+    workspace = build_workspace(tmp_path)
+    data = tmp_path / "hand"
+    _hand_csv(data, [("2", "coach league", "the match goal ."),
+                     ("3", "stocks profit", "a bank .")])
+    config = tmp_path / "hand.yaml"
+    config.write_text(f"""\
+output_dir: {tmp_path / "out"}
+task:
+  name: hand-topics
+  data_dir: {data}
+  definition: {{format: csv, text_a: 1, text_b: 2, label: 0, labels: ["1", "2", "3", "4"],
+                files: {{train: train.csv, dev: test.csv}}}}
+  patterns: ["{{text_a:shorten}} news : {{mask}} . || {{text_b:shorten}}"]
+  verbalizer: {json.dumps(WORDS)}
+  unlabeled_examples: 0
+model: {{name: {workspace["model"]}}}
+pet: {{max_seq_length: 16}}
+mesh: {{data: 1}}
+""")
+    cfg = load_config(config)
+    pattern = prepare_pattern(cfg, load_model(cfg, "mlm"), load_task_data(cfg), 0)
+    # BERT's pair layout, written out by hand: text_a, the literal, the mask, then text_b
+    expected = [["[CLS]", "coach", "league", "news", ":", "[MASK]", ".", "[SEP]",
+                 "the", "match", "goal", ".", "[SEP]"],
+                ["[CLS]", "stocks", "profit", "news", ":", "[MASK]", ".", "[SEP]",
+                 "a", "bank", ".", "[SEP]"]]
+    tokenizer = AutoTokenizer.from_pretrained(str(workspace["model"]))
+    for arrays in (pattern.train, pattern.eval):
+        for row, tokens in enumerate(expected):
+            n = len(tokens)
+            assert tokenizer.convert_ids_to_tokens(arrays["input_ids"][row][:n]) == tokens
+            assert (arrays["input_ids"][row][n:] == tokenizer.pad_token_id).all()
+            assert arrays["attention_mask"][row].tolist() == [1] * n + [0] * (
+                len(arrays["attention_mask"][row]) - n)
+            segment_b = tokens.index("[SEP]") + 1
+            assert arrays["token_type_ids"][row][:n].tolist() == [0] * segment_b + [1] * (
+                n - segment_b)
+            assert arrays["mask_positions"][row].tolist() == [5]
+        assert arrays["labels"].tolist() == [1, 2]
+    # one verbalizer word per label, in the task's label order
+    assert pattern.verbalizer_ids_LxW.tolist() == [
+        [i] for i in tokenizer.convert_tokens_to_ids(["world", "sports", "business", "tech"])]
