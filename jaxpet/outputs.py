@@ -87,11 +87,18 @@ class MetricsWriter:
     """
 
     def __init__(self, directory: str | os.PathLike, tensorboard: bool = False):
+        import jax
+
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.path = self.directory / "metrics.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
+        self._file = None
         self._tb = None
+        # Every process of a multi-process run holds the same global metrics; only process 0
+        # logs them, so that a folder the processes share gets each step once.
+        if jax.process_index() != 0:
+            return
+        self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter
@@ -102,6 +109,8 @@ class MetricsWriter:
             self._tb = SummaryWriter(str(self.directory / "tensorboard"))
 
     def write(self, step: int, metrics: Mapping[str, Any]) -> None:
+        if self._file is None:
+            return
         record = {"step": int(step), **{k: _to_builtin(v) for k, v in metrics.items()}}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -114,7 +123,8 @@ class MetricsWriter:
         self.write(step, metrics)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
         if self._tb is not None:
             self._tb.close()
 
