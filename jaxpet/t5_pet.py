@@ -186,7 +186,10 @@ def make_t5_pet_loss(apply_fn: Callable, label_target_ids: Any, label_target_mas
                                      label_target_mask, start_id=start_id, pad_id=pad_id,
                                      deterministic=not dropout, rngs=rngs)
         labels_B = batch["labels"]
-        accuracy = jnp.mean((jnp.argmax(scores_BxL, axis=-1) == labels_B).astype(jnp.float32))
+        # over the labeled rows only, as the loss: an unlabeled row (-1) is no miss
+        labeled_B = labels_B >= 0
+        hits = jnp.sum((jnp.argmax(scores_BxL, axis=-1) == labels_B) & labeled_B)
+        accuracy = hits / jnp.maximum(jnp.sum(labeled_B), 1)
         return cloze_loss(scores_BxL, labels_B), {"train_accuracy": accuracy}
 
     return loss_fn
