@@ -65,7 +65,7 @@ def test_unknown_override_names_key(yaml_file, override, key):
 def test_unknown_key_in_file_names_file_and_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(BASE_YAML + "  lm_trainig: true\n")
-    with pytest.raises(ConfigError) as info:
+    with pytest.raises(ConfigError, match="pet.lm_trainig") as info:
         load_config(path)
     assert str(path) in str(info.value) and "pet.lm_trainig" in str(info.value)
 

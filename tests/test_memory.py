@@ -151,7 +151,7 @@ def test_t5_estimate_counts_decoder_and_cross_attention():
 def test_check_fits_names_what_to_change():
     est = estimate_memory("roberta-large", batch_size=64, seq_len=256, data=4)
     assert check_fits(est, 80 * GIB) is est
-    with pytest.raises(DoesNotFit) as error:
+    with pytest.raises(DoesNotFit, match="GiB per device") as error:
         check_fits(est, 16 * GIB)
     message = str(error.value)
     assert "roberta-large" in message and "GiB per device" in message

@@ -16,7 +16,7 @@ from jaxpet.metrics import (
 
 def test_accuracy():
     assert accuracy(np.array([0, 1, 2, 1]), np.array([0, 2, 2, 1])) == pytest.approx(0.75)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"need equal, non-empty shapes, got \(2,\), \(1,\)"):
         accuracy(np.array([0, 1]), np.array([0]))
 
 

@@ -1,5 +1,7 @@
 """Config-defined patterns: parsing, encodings equal to the built-in PET PVPs, errors."""
 
+import re
+
 import numpy as np
 import pytest
 from tiny_tokenizers import bpe_tokenizer, wordpiece_tokenizer
@@ -97,7 +99,7 @@ def test_parse_parts_and_escapes():
     ("{meta.} {mask}", "{meta.}"),
 ])
 def test_template_errors_name_template_and_slot(template, needle):
-    with pytest.raises(TemplateError) as err:
+    with pytest.raises(TemplateError, match=re.escape(needle)) as err:
         parse_template(template)
     assert template in str(err.value) and needle in str(err.value)
 

@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -223,7 +224,7 @@ def test_unknown_task_and_split(tmp_path):
 
 
 def test_missing_file_lists_expected_files(tmp_path):
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "test.csv"))) as err:
         load_examples("agnews", tmp_path, "dev")
     message = str(err.value)
     assert str(tmp_path / "test.csv") in message and "'dev' split from 'test.csv'" in message
