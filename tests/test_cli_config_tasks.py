@@ -1,8 +1,9 @@
-"""train.py runs a task defined in the config alone, and dispatches method: text2text."""
+"""train.py runs config-defined tasks (exact encoding, multi-token answers), and text2text."""
 
 import json
 
 import numpy as np
+import pytest
 from test_train_cli import build_workspace
 
 from jaxpet.cli import requested_method, train_main
@@ -47,12 +48,9 @@ def test_a_partial_task_definition_names_the_missing_keys(tmp_path):
     config = tmp_path / "partial.yaml"
     config.write_text("output_dir: x\ntask: {name: t, data_dir: d, patterns: ['{mask} .']}\n"
                       "model: {name: m}\n")
-    try:
+    with pytest.raises(ConfigError, match=r"'task\.definition', 'task\.patterns' and "
+                       r"'task\.verbalizer'"):
         load_config(config)
-    except ConfigError as error:
-        assert "task.definition" in str(error) and "task.verbalizer" in str(error)
-    else:
-        raise AssertionError("a partial task definition was accepted")
 
 
 def test_requested_method_reads_the_file_and_the_overrides(tmp_path):
@@ -64,8 +62,6 @@ def test_requested_method_reads_the_file_and_the_overrides(tmp_path):
 
 
 def test_a_model_that_cannot_fit_fails_before_compiling(tmp_path, monkeypatch, capsys):
-    import pytest
-
     import jaxpet.memory
     from jaxpet.run_setup import load_model
 
@@ -152,3 +148,125 @@ mesh: {{data: 1}}
     # one verbalizer word per label, in the task's label order
     assert pattern.verbalizer_ids_LxW.tolist() == [
         [i] for i in tokenizer.convert_tokens_to_ids(["world", "sports", "business", "tech"])]
+
+
+# label words of 1 to 3 tokens: the task needs multi-mask decoding
+MULTI_WORDS = {"1": "world", "2": "sports match", "3": "business market", "4": "tech chip computer"}
+
+
+def _torch_log_probs(model, ids: list[int]):
+    import torch
+
+    with torch.no_grad():
+        logits_SxV = model(input_ids=torch.tensor([ids]),
+                           attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                           token_type_ids=torch.zeros(1, len(ids), dtype=torch.long)).logits[0]
+    return torch.log_softmax(logits_SxV.double(), -1).numpy()
+
+
+def _pet_score(model, ids: list[int], mask_at: list[int], targets: list[int],
+               strategy: str) -> float:
+    """PET's multi-mask score of one candidate: fill one mask per step (max_first: the one
+    whose target token is most probable; ltr: the leftmost), summing the log-probabilities."""
+    ids, remaining, total = list(ids), list(range(len(targets))), 0.0
+    while remaining:
+        log_p_SxV = _torch_log_probs(model, ids)
+        step = [log_p_SxV[mask_at[j], targets[j]] for j in remaining]
+        pick = int(np.argmax(step)) if strategy == "max_first" else 0
+        j = remaining.pop(pick)
+        total += step[pick]
+        ids[mask_at[j]] = targets[j]
+    return total
+
+
+def _context_sensitive_bert(workspace: dict, folder):
+    """The workspace's tokenizer with a random BERT of large initial weights: its mask
+    predictions depend on the filled context, so the order of the fill steps shows in the
+    scores (with the default 0.02 init, max_first and ltr agree to 1e-4)."""
+    import torch
+    from tiny_models import tiny_hf_config
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(workspace["model"]))
+    hf_config = tiny_hf_config("bert", len(tokenizer), tokenizer)
+    hf_config.initializer_range = 0.5
+    torch.manual_seed(1)
+    BertForMaskedLM(hf_config).eval().save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.slow  # a multi-token PET run and PyTorch re-scoring, ~60 s on 2 shared cores
+def test_multi_token_yaml_task_scores_candidates_max_first(tmp_path, monkeypatch):
+    import dataclasses
+
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    import jaxpet.pet
+    from jaxpet.data.tasks import load_examples
+    from jaxpet.models import load_pretrained, save_pretrained
+
+    trained = []
+    original_train = jaxpet.pet.train
+
+    def keep_trained(*args, **kwargs):  # the member's trained params, which no file holds
+        params, seconds = original_train(*args, **kwargs)
+        trained.append(params)
+        return params, seconds
+
+    monkeypatch.setattr(jaxpet.pet, "train", keep_trained)
+    workspace = build_workspace(tmp_path)
+    model_dir = _context_sensitive_bert(workspace, tmp_path / "sharp-bert")
+    out = tmp_path / "out-multi"
+    config = tmp_path / "multi.yaml"
+    config.write_text(f"""\
+method: pet
+output_dir: {out}
+compilation_cache: ""
+no_distillation: true
+task:
+  name: my-multi-topics
+  data_dir: {workspace["data"]}
+  train_examples: 8
+  test_examples: 6
+  unlabeled_examples: 0
+  definition: {{format: csv, text_a: 1, text_b: 2, label: 0, labels: ["1", "2", "3", "4"],
+                files: {{train: train.csv, dev: test.csv}}}}
+  patterns: ["{{mask}} news : {{text_a:shorten}} {{text_b:shorten}}"]
+  verbalizer: {json.dumps(MULTI_WORDS)}
+model: {{name: {model_dir}}}
+pet: {{pattern_ids: [0], repetitions: 1, max_seq_length: 32, train_batch_size: 4,
+      max_steps: 2, learning_rate: 1e-2, lm_training: false}}
+mesh: {{data: 1}}
+eval: {{batch_size: 8, zero_shot: false}}
+logging: {{progress: false}}
+""")
+    assert train_main(["--config", str(config)]) == 0
+    member = json.loads((out / "p0-s0" / "results.json").read_text())
+    assert member["decoding_strategy"] == "max_first" and member["loss"] == "hinge"
+    scores_NxC = np.load(out / "p0-s0" / "eval_logits.npy")
+    assert scores_NxC.shape == (6, 4) and len(trained) == 1
+
+    # the trained member, exported and loaded into transformers' PyTorch BERT
+    lm = load_pretrained(model_dir, head="mlm")
+    save_pretrained(dataclasses.replace(lm, params=trained[0]), tmp_path / "member")
+    model = BertForMaskedLM.from_pretrained(str(tmp_path / "member")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(workspace["model"]))
+    examples = load_examples("my-multi-topics", workspace["data"], "dev", 6)
+    tok = tokenizer.convert_tokens_to_ids
+    differs = 0
+    for i, example in enumerate(examples[:3]):
+        text = tokenizer.tokenize(example.text_a) + tokenizer.tokenize(example.text_b)
+        for c, word in enumerate(MULTI_WORDS.values()):
+            targets = tok(word.split())
+            # PET evaluates each candidate with exactly its own number of masks
+            ids = tok(["[CLS]", *["[MASK]"] * len(targets), "news", ":", *text, "[SEP]"])
+            mask_at = list(range(1, 1 + len(targets)))
+            expected = _pet_score(model, ids, mask_at, targets, "max_first")
+            # fp32 Flax vs PyTorch forward passes agree to ~1e-6; a skipped or misordered
+            # fill step moves a score by a whole log-probability (~ -4 here)
+            assert scores_NxC[i, c] == pytest.approx(expected, abs=2e-4), (i, word)
+            differs += abs(expected - _pet_score(model, ids, mask_at, targets, "ltr")) > 1e-3
+    assert differs, "max_first and ltr agree here: the test would not tell them apart"
+    assert member["metrics"]["acc"] == pytest.approx(np.mean(
+        scores_NxC.argmax(-1) == [int(e.label) - 1 for e in examples]))
