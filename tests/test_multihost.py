@@ -1,6 +1,6 @@
-"""2 and 4 jax.distributed processes on 127.0.0.1 match one process: training, predict, resume.
+"""2 jax.distributed processes on 127.0.0.1 match one process: training, predict, resume.
 
-Each case runs the tiny PET training (cloze + MLM loss) as N processes over 4 fake CPU devices
+The test runs the tiny PET training (cloze + MLM loss) as 2 processes over 4 fake CPU devices
 (data 2 x fsdp 2), sends SIGTERM to one process mid-run, checks that every process stopped at
 the same step behind one checkpoint, relaunches the same command, and compares the resumed
 run's losses, parameters and predictions (13 examples: neither a multiple of the batch nor of
@@ -65,11 +65,13 @@ def _wait_for_progress(procs, progress, min_step: int, timeout: float = 240) -> 
     pytest.fail(f"no process reached step {min_step} in {timeout} s")
 
 
-@pytest.mark.parametrize("num_processes,via_env", [(2, False), (4, True)],
-                         ids=["2proc-config", "4proc-env"])
-def test_sigterm_to_one_process_then_resume_matches_one_process(
-    tmp_path, reference, num_processes, via_env
-):
+# One case: 2 processes exercise the same cross-process code as 4 (each process feeds its slice
+# of every batch; the 13 prediction rows split unevenly); the coordinator, count and id come
+# from JAX_* variables as tpu/gpu_launch.sh sets them (test_multiprocess.py checks that config
+# values are read the same way, and test_multiprocess_cli.py runs train.py's config path).
+@pytest.mark.slow
+def test_sigterm_to_one_process_then_resume_matches_one_process(tmp_path, reference):
+    num_processes, via_env = 2, True
     ckpt, progress = tmp_path / "ckpt", tmp_path / "progress"
     args = ["--steps", str(STEPS), "--fsdp", "2", "--ckpt", str(ckpt)]
 
