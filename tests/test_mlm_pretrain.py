@@ -1,4 +1,4 @@
-"""Tests of the MLM warm-up stage: head-only training, export, reuse, and text encoding."""
+"""The MLM warm-up stage: head-only training, export, reuse, text encoding, method mlm_pretrain."""
 
 from __future__ import annotations
 
@@ -85,3 +85,82 @@ def test_head_only_warmup_trains_head_exports_and_is_reused(workspace, tmp_path)
     for key, value in after.items():
         np.testing.assert_allclose(again[key], value, rtol=1e-6, atol=1e-6)
     assert len(read_jsonl(folder / "metrics.jsonl")) == 12
+
+
+def _torch_mlm_loss(model_dir, texts: list[tuple[str, str]], seed: int = 0) -> float:
+    """transformers' own masked-LM loss of a checkpoint on `texts`, with the same fixed 15%
+    of the non-special tokens replaced by [MASK] (five draws, averaged)."""
+    import torch
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = BertForMaskedLM.from_pretrained(str(model_dir)).eval()
+    enc = tokenizer([a for a, _ in texts], [b for _, b in texts], padding=True,
+                    truncation=True, max_length=32, return_tensors="pt")
+    special = np.isin(enc["input_ids"].numpy(), tokenizer.all_special_ids)
+    rng = np.random.default_rng(seed)
+    losses = []
+    for _ in range(5):
+        chosen = (rng.random(special.shape) < 0.15) & ~special
+        labels = np.where(chosen, enc["input_ids"].numpy(), -100)
+        inputs = np.where(chosen, tokenizer.mask_token_id, enc["input_ids"].numpy())
+        with torch.no_grad():
+            out = model(input_ids=torch.as_tensor(inputs),
+                        attention_mask=enc["attention_mask"],
+                        token_type_ids=enc["token_type_ids"], labels=torch.as_tensor(labels))
+        losses.append(float(out.loss))
+    return float(np.mean(losses))
+
+
+def _torch_state(model_dir) -> dict[str, np.ndarray]:
+    from transformers import BertForMaskedLM
+
+    model = BertForMaskedLM.from_pretrained(str(model_dir))
+    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow  # two mlm_pretrain runs through train.py, ~40 s on 2 shared cores
+def test_method_mlm_pretrain_exports_a_model_that_fits_the_unlabeled_text(workspace, tmp_path):
+    from jaxpet.cli import train_main
+    from jaxpet.data.tasks import load_examples
+
+    unlabeled = load_examples("agnews", workspace["data"], "unlabeled", 24)
+    texts = [(e.text_a, e.text_b) for e in unlabeled]
+    original = _torch_state(workspace["model"])
+    runs = {}
+    for train_encoder in (True, False):
+        out = tmp_path / f"encoder-{train_encoder}"
+        assert train_main([
+            "--config", str(workspace["config"]), "method=mlm_pretrain", f"output_dir={out}",
+            "mlm_pretrain.steps=40", "mlm_pretrain.batch_size=8",
+            "mlm_pretrain.max_seq_length=32", "mlm_pretrain.learning_rate=1e-2",
+            f"mlm_pretrain.train_encoder={str(train_encoder).lower()}",
+            "logging.progress=false"]) == 0
+        top = json.loads((out / "results.json").read_text())
+        assert top["method"] == "mlm_pretrain" and "members" not in top
+        assert top["mlm_pretrain"]["train_encoder"] is train_encoder
+        assert top["mlm_pretrain"]["sequences"] == 24
+        runs[train_encoder] = out / "mlm_pretrain" / "model"
+        assert top["mlm_pretrain"]["model_dir"] == str(runs[train_encoder])
+
+    # the exported folders are transformers checkpoints whose MLM loss on the unlabeled text
+    # dropped. The maskings are fixed, so an unchanged model scores exactly `before` (3.79);
+    # 40 steps bring it to 3.11 with the encoder and 3.61 with the head alone (measured,
+    # the tied output embeddings stay frozen): 0.9x and 0.97x leave margin and still need
+    # the stage to have learned the text
+    before = _torch_mlm_loss(workspace["model"], texts)
+    for train_encoder, bound in ((True, 0.9), (False, 0.97)):
+        after = _torch_mlm_loss(runs[train_encoder], texts)
+        assert after < bound * before, (train_encoder, before, after)
+
+    # train_encoder off: the encoder's weights come back bit for bit, only the head moved
+    head_only = _torch_state(runs[False])
+    encoder_keys = [k for k in original if k.startswith("bert.")]
+    assert encoder_keys
+    for key in encoder_keys:
+        np.testing.assert_array_equal(head_only[key], original[key], err_msg=key)
+    assert not np.array_equal(head_only["cls.predictions.transform.dense.weight"],
+                              original["cls.predictions.transform.dense.weight"])
+    # train_encoder on: the encoder learned too
+    full = _torch_state(runs[True])
+    assert any(not np.array_equal(full[k], original[k]) for k in encoder_keys)
