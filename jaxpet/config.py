@@ -175,6 +175,9 @@ class EvalConfig:
 
     batch_size: int = 32
     zero_shot: bool = True  # also evaluate every pattern on the eval set before any training
+    # PET's --priming: every eval example is preceded by all labeled examples, each with its
+    # mask filled by its label's word (jaxpet.prompts.priming); single-token patterns only
+    priming: bool = False
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from jaxpet import outputs
-from jaxpet.config import Config, TrainingConfig, to_yaml
+from jaxpet.config import Config, ConfigError, TrainingConfig, to_yaml
 
 # the run's setup lives in jaxpet.run_setup; these names stay importable from here
 from jaxpet.run_setup import (  # noqa: E402, F401
@@ -112,20 +112,42 @@ def prepare_pattern(config: Config, lm: Any, data: TaskData, pattern_id: int) ->
     from jaxpet.prompts import get_pvp
 
     pvp = get_pvp(data.name, pattern_id)
-    # before needs_multi_token: T5 scores label words of any length in one decoder pass
+    # T5 scores label words of any length in one decoder pass: never multi-token
+    multi_token = lm.head != "seq2seq" and needs_multi_token(pvp, lm.tokenizer)
+    if config.eval.priming and (lm.head == "seq2seq" or multi_token):
+        raise ConfigError(f"eval.priming needs a masked LM and single-token label words; "
+                          f"pattern {pattern_id} of task {data.name!r} has multi-token answers "
+                          "or a T5 backbone")
     if lm.head == "seq2seq":
         return prepare_t5_pattern(config, lm, data, pvp)
-    if needs_multi_token(pvp, lm.tokenizer):  # COPA, WSC, ReCoRD, multi-token verbalizers
+    if multi_token:  # COPA, WSC, ReCoRD, multi-token verbalizers
         return prepare_multitoken_pattern(config, lm, data, pattern_id, pvp)
     seq = config.pet.max_seq_length
     keys = (*MODEL_INPUTS, "mask_positions", "labels")
     encode = lambda examples: {k: np.asarray(v) for k, v in  # noqa: E731
                                pvp.encode(examples, lm.tokenizer, seq).items() if k in keys}
     verbalizer_ids_LxW = np.asarray(pvp.verbalizer_ids(lm.tokenizer))
+    sets = encoded_sets(encode, data)
+    if config.eval.priming:
+        sets["eval"] = primed_eval_set(pvp, lm.tokenizer, data, seq)
     return PatternData(
         pattern_id=pattern_id, verbalizer_ids_LxW=verbalizer_ids_LxW,
-        logits_fn=make_label_logits_fn(lm.module.apply, verbalizer_ids_LxW),
-        **encoded_sets(encode, data))
+        logits_fn=make_label_logits_fn(lm.module.apply, verbalizer_ids_LxW), **sets)
+
+
+def primed_eval_set(pvp: Any, tokenizer: Any, data: TaskData, seq: int) -> dict[str, np.ndarray]:
+    """The eval set encoded after all labeled examples as demonstrations (eval.priming), as
+    the original PET primes its evaluation; training and the unlabeled set are not primed."""
+    from jaxpet.data.batching import DEFAULT_BUCKETS, trim_to_bucket
+    from jaxpet.prompts.priming import encode_primed
+
+    if not data.train:
+        raise ConfigError("eval.priming needs labeled examples as demonstrations "
+                          "(task.train_examples is 0)")
+    keys = (*MODEL_INPUTS, "mask_positions", "labels")
+    primed = encode_primed(pvp, data.eval, tokenizer, seq, demonstrations=data.train)
+    return trim_to_bucket({k: np.asarray(v) for k, v in primed.items() if k in keys},
+                          DEFAULT_BUCKETS)
 
 
 def prepare_t5_pattern(config: Config, lm: Any, data: TaskData, pvp: Any) -> PatternData:
