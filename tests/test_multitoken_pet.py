@@ -209,7 +209,11 @@ def _check_member(folder: Path, num_eval: int, num_candidates: int,
     assert scores_NxC.shape == (num_eval, num_candidates)
     predictions = read_jsonl(folder / "predictions.jsonl")
     assert len(predictions) == num_eval
-    assert 0.0 <= results["train_set_before_training"] <= 1.0
+    # an accuracy over the labeled set: a whole number of its num_train examples
+    hits = results["train_set_before_training"] * results["num_train"]
+    assert hits == pytest.approx(round(hits), abs=1e-9) and 0 <= round(hits) <= results["num_train"]
+    if not steps:  # evaluated untrained: "before" and "after" training are the same model
+        assert results["train_set_after_training"] == results["train_set_before_training"]
     if steps:
         log = read_jsonl(folder / "metrics.jsonl")
         assert [r["step"] for r in log] == list(range(1, steps + 1))
@@ -249,9 +253,11 @@ def test_copa_trains_end_to_end(workspace, tiny_lm):
                                   pattern.unlabeled["target_ids"][:2, ::-1])
 
 
-def test_config_defined_multi_token_verbalizer(workspace):
+def test_config_defined_multi_token_verbalizer(workspace, tiny_lm):
     from jaxpet.data.custom import task_from_config
-    from jaxpet.pet import run
+    from jaxpet.pet import load_task_data, run
+    from jaxpet.prompts import get_pvp
+    from jaxpet.prompts.multitoken import encode_multi_token_decoding
     from jaxpet.prompts.template import pvp_from_config
 
     files = {"train": "train.jsonl", "dev": "train.jsonl"}
@@ -261,15 +267,29 @@ def test_config_defined_multi_token_verbalizer(workspace):
     pvp_from_config("mt-reviews", ["neg", "pos"], ["{text_a} . It was {mask} ."],
                     {"neg": "bad", "pos": "greatness"})
     (workspace["root"] / "mt-reviews").symlink_to(workspace["root"] / "reviews")
-    results = run(_config(workspace, "mt-reviews", "out-reviews", "eval.zero_shot=true",
-                          "pet.decoding_strategy=parallel"))
+    config = _config(workspace, "mt-reviews", "out-reviews", "eval.zero_shot=true",
+                     "pet.decoding_strategy=parallel")
+    results = run(config)
     member = results["members"]["p0-s0"]
     assert member["loss"] == "hinge"
     _, scores_Nx2 = _check_member(workspace["root"] / "out-reviews" / "p0-s0", 6, 2)
     assert np.isfinite(scores_Nx2).all()
     gold = np.array([0] * 3 + [1] * 3)
     assert member["metrics"]["acc"] == pytest.approx(np.mean(scores_Nx2.argmax(-1) == gold))
-    assert 0.0 <= results["zero_shot"]["p0"]["acc"] <= 1.0
+    # zero-shot = the untrained model's parallel scores (sum of log p over each label's masks,
+    # one full-sequence pass per candidate row) on the dev set
+    data = load_task_data(config)
+    dec = encode_multi_token_decoding(get_pvp("mt-reviews", 0), data.eval, tiny_lm.tokenizer, 32)
+    untrained_Nx2 = np.zeros((len(data.eval), 2))
+    for c in range(2):
+        row = {k: dec[k][:, c] for k in ("input_ids", "attention_mask", "token_type_ids",
+                                         "mask_positions")}
+        lp = _full_log_probs(tiny_lm, row)
+        tgt_NxK = dec["target_ids"][:, c]
+        untrained_Nx2[:, c] = np.where(tgt_NxK >= 0, _token_lp(lp, tgt_NxK[:, None])[:, 0],
+                                       0).sum(-1)
+    assert results["zero_shot"]["p0"]["acc"] == pytest.approx(
+        np.mean(untrained_Nx2.argmax(-1) == gold))
 
 
 def test_record_and_wsc_evaluate_through_run(workspace, tiny_lm):

@@ -112,6 +112,31 @@ def _check_member(folder: Path, num_eval: int, num_unlabeled: int | None, steps:
     return results
 
 
+def _untrained_train_accuracy(workspace: dict, pattern_id: int) -> float:
+    """The untrained checkpoint's accuracy on the labeled set, from transformers' PyTorch BERT
+    on hand-written pattern text (agnews P0 `___ : a b`, P1 `___ News: a b`, pet.md)."""
+    import torch
+    from transformers import BertForMaskedLM, BertTokenizer
+
+    from jaxpet.run_setup import load_task_data
+
+    train = load_task_data(load_config(workspace["config"])).train
+    assert len(train) == 16
+    tokenizer = BertTokenizer.from_pretrained(str(workspace["model"]))
+    model = BertForMaskedLM.from_pretrained(str(workspace["model"])).eval()
+    words = tokenizer.convert_tokens_to_ids([TOPICS[label][0] for label in sorted(TOPICS)])
+    hits = []
+    for example in train:
+        prefix = {0: "", 1: "News"}[pattern_id]
+        text = f"{tokenizer.mask_token} {prefix}: {example.text_a} {example.text_b}"
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        assert ids.shape[1] <= 32  # the run's max_seq_length: nothing was cut
+        with torch.no_grad():
+            logits_V = model(input_ids=ids).logits[0, 1]  # [CLS] [MASK] ...
+        hits.append(int(logits_V[words].argmax()) == sorted(TOPICS).index(example.label))
+    return float(np.mean(hits))
+
+
 def test_pet_run_writes_all_outputs(workspace, capsys):
     # distillation is covered by tests/test_pipeline.py
     assert train_main(["--config", str(workspace["config"]), "no_distillation=true"]) == 0
@@ -126,7 +151,8 @@ def test_pet_run_writes_all_outputs(workspace, capsys):
     assert set(top["zero_shot"]) == {"p0", "p1"}
     for name in ("p0-s0", "p1-s0"):
         member = _check_member(out / name, num_eval=16, num_unlabeled=24, steps=3)
-        assert 0.0 <= member["train_set_before_training"] <= 1.0
+        assert member["train_set_before_training"] == pytest.approx(
+            _untrained_train_accuracy(workspace, member["pattern_id"]))
         assert member["seed"] == 3 and member["num_train"] == 16
         log = read_jsonl(out / name / "metrics.jsonl")
         assert all(r["mlm"] > 0 for r in log)  # the auxiliary MLM loss is active
