@@ -270,3 +270,29 @@ logging: {{progress: false}}
     assert differs, "max_first and ltr agree here: the test would not tell them apart"
     assert member["metrics"]["acc"] == pytest.approx(np.mean(
         scores_NxC.argmax(-1) == [int(e.label) - 1 for e in examples]))
+
+
+def test_priming_refuses_multi_token_label_words(tmp_path):
+    from jaxpet.pet import load_task_data, prepare_pattern
+    from jaxpet.run_setup import load_model
+
+    workspace = build_workspace(tmp_path)
+    config = tmp_path / "primed-multi.yaml"
+    config.write_text(f"""\
+output_dir: {tmp_path / "out"}
+task:
+  name: my-primed-multi
+  data_dir: {workspace["data"]}
+  definition: {{format: csv, text_a: 1, text_b: 2, label: 0, labels: ["1", "2", "3", "4"],
+                files: {{train: train.csv, dev: test.csv}}}}
+  patterns: ["{{mask}} news : {{text_a:shorten}} {{text_b:shorten}}"]
+  verbalizer: {json.dumps(MULTI_WORDS)}
+  unlabeled_examples: 0
+model: {{name: {workspace["model"]}}}
+mesh: {{data: 1}}
+eval: {{priming: true}}
+""")
+    cfg = load_config(config)
+    with pytest.raises(ConfigError, match=r"eval\.priming needs a masked LM and single-token "
+                       r"label words; pattern 0 of task 'my-primed-multi'"):
+        prepare_pattern(cfg, load_model(cfg, "mlm"), load_task_data(cfg), 0)
