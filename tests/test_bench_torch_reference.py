@@ -56,6 +56,7 @@ def test_torch_ways_compute_jaxpets_loss(setup):
         original = original_pet_loss(model, tensors, verbalizer_ids(config), ALPHA)
         fused = fused_pet_loss(model, tensors, verbalizer_ids(config), ALPHA)
     for total, cloze, mlm in (original, fused):
+        # torch vs XLA fp32 kernels (~1e-6); a loss over other rows, slots or targets is > 1e-2 off
         np.testing.assert_allclose(float(cloze), float(aux["cloze"]), rtol=1e-4)
         np.testing.assert_allclose(float(mlm), float(aux["mlm"]), rtol=1e-4)
         np.testing.assert_allclose(float(total), float(jax_loss), rtol=1e-4)

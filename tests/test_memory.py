@@ -125,6 +125,7 @@ def test_dtypes_remat_and_mesh_scale_as_documented():
     fsdp = base.replace(fsdp=8)
     vectors = sum(math.prod(s) for s in parameter_shapes(get_backbone("roberta-large"))
                   if len(s) == 1)
+    # one byte of float rounding in the division by 8; a kernel left whole adds megabytes
     assert fsdp.params_bytes == pytest.approx(4 * ((n - vectors) / 8 + vectors), abs=1)
     assert fsdp.activations_bytes == wider.replace(data=8).activations_bytes
 
@@ -283,6 +284,7 @@ def test_estimate_against_compiled_train_step():
     assert est.num_parameters == n
     # Arguments are the parameters, AdamW's moments (+ its int32 step count) and the batch.
     batch_bytes = 4 * batch * (2 * seq + 2 * positions)
+    # XLA's per-argument padding (< 64 bytes); a missing moment or batch array is kilobytes
     assert stats.argument_size_in_bytes == pytest.approx(est.state_bytes + 4 + batch_bytes,
                                                          abs=64)
     scratch = est.activations_bytes + est.gradients_bytes + est.transient_bytes

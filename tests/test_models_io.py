@@ -61,6 +61,7 @@ def test_save_pretrained_round_trips_through_transformers(family, head, tiny_roo
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     # test_models_parity shows jaxpet == the original torch model; here saved == original.
     ids_BxS, mask_BxS = _ids(lm)
+    # the same torch kernels on saved vs original weights (~1e-7); a lost or untied weight is > 1e-2
     np.testing.assert_allclose(
         _torch_logits(model.eval(), ids_BxS, mask_BxS),
         _torch_logits(tm.load_torch_model(folder, family, head), ids_BxS, mask_BxS),
@@ -88,6 +89,7 @@ def test_init_model_saves_a_checkpoint_transformers_loads(tmp_path):
     out = save_pretrained(lm, tmp_path / "albert")
     model = tm._model_class("albert", "mlm").from_pretrained(str(out)).eval()
     ids_BxS, mask_BxS = _ids(lm, seed=1)
+    # fp32 parity across frameworks (~1e-6/op); a mis-saved or transposed weight is > 1e-2
     np.testing.assert_allclose(_jax_logits(lm, ids_BxS, mask_BxS),
                                _torch_logits(model, ids_BxS, mask_BxS), atol=1e-4, rtol=0)
 
@@ -106,6 +108,7 @@ def test_bare_encoder_loads_with_head_initialised_and_warning(tiny_root):
     with torch.no_grad():
         expected_BxSxD = bare(input_ids=torch.from_numpy(ids_BxS),
                               attention_mask=torch.from_numpy(mask_BxS)).last_hidden_state
+    # fp32 parity across frameworks (~1e-6 per op); a wrong layer or mask moves states by > 1e-2
     np.testing.assert_allclose(np.asarray(hidden_BxSxD), expected_BxSxD.numpy(), atol=1e-4, rtol=0)
     # The pooler of the bare model serves the classifier; only the classifier itself is new.
     with pytest.warns(UserWarning, match=r"classifier\.weight") as record:

@@ -59,11 +59,13 @@ def test_mlm_logits_match_torch(family, tiny_root):
 
     logits_BxSxV = _apply(lm, batch)
     assert logits_BxSxV.shape == expected_BxSxV.shape
+    # fp32 parity across frameworks (~1e-6 per op); a wrong mask, scale or layer moves logits > 1e-2
     np.testing.assert_allclose(logits_BxSxV, expected_BxSxV, atol=1e-4, rtol=0)
 
     positions_BxP = POSITIONS_BxP
     gathered_BxPxV = _apply(lm, batch, positions=jnp.asarray(positions_BxP))
     expected_BxPxV = np.take_along_axis(expected_BxSxV, positions_BxP[:, :, None], axis=1)
+    # the head at gathered positions: the same fp32 bound; an off-by-one position differs by > 1e-1
     np.testing.assert_allclose(gathered_BxPxV, expected_BxPxV, atol=1e-4, rtol=0)
 
 
@@ -77,6 +79,7 @@ def test_classifier_logits_match_torch(family, tiny_root):
     expected_BxL = _torch_logits(tm.load_torch_model(folder, family, "classifier"), batch)
     logits_BxL = _apply(lm, batch)
     assert logits_BxL.shape == (batch["input_ids"].shape[0], tm.NUM_LABELS)
+    # fp32 parity across frameworks; a wrong pooler token or activation moves the logits by > 1e-2
     np.testing.assert_allclose(logits_BxL, expected_BxL, atol=1e-4, rtol=0)
 
 
@@ -144,6 +147,7 @@ def test_remat_gives_same_gradients(tiny_root, policy):
 
     for a, b in zip(jax.tree_util.tree_leaves(grads(lm.module)),
                     jax.tree_util.tree_leaves(grads(remat_module)), strict=True):
+        # remat changes only fusion order (~1e-8); a remat that drops a term differs > 1e-4
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 

@@ -45,6 +45,7 @@ def test_weight_decay_only_where_the_mask_says():
     for (path, u), p, m in zip(jax.tree_util.tree_leaves_with_path(updates),
                                jax.tree.leaves(params), jax.tree.leaves(mask), strict=True):
         expected = -lr * wd * np.asarray(p) if m else np.zeros_like(p)
+        # fp32 rounding of lr * wd * p; decaying a bias/norm or skipping a kernel is off by 100%
         np.testing.assert_allclose(u, expected, rtol=1e-6, err_msg=jax.tree_util.keystr(path))
 
 
@@ -54,6 +55,7 @@ def test_schedule_matches_linear_warmup_then_decay():
     for t in range(total + 2):
         # The formula of the usual "linear schedule with warmup".
         expected = lr * t / warmup if t < warmup else lr * max(0.0, (total - t) / (total - warmup))
+        # fp32 rounding of the schedule; an off-by-one step changes it by >= 1/total
         np.testing.assert_allclose(float(schedule(t)), expected, rtol=1e-6, atol=1e-12)
     assert float(make_schedule(lr, total)(0)) == pytest.approx(lr)
     per_micro_step = make_learning_rate_fn(lr, total, warmup, accumulation_steps=2)
@@ -72,6 +74,7 @@ def test_adamw_step_matches_a_hand_computation_with_clipping():
     m, v = 0.1 * clipped, 0.001 * clipped**2
     m_hat, v_hat = m / 0.1, v / 0.001
     expected_w = -lr * (m_hat / (np.sqrt(v_hat) + eps) + wd * np.array([1.0, -2.0]))
+    # fp32 AdamW vs float64 formula; a missing bias correction or epsilon placement is off by > 1e-3
     np.testing.assert_allclose(updates["w"], expected_w, rtol=1e-5)
     np.testing.assert_allclose(updates["bias"], [0.0], atol=1e-12)
 
@@ -98,4 +101,5 @@ def test_accumulation_equals_one_large_batch_step():
         if half.start == 0:  # nothing applied after the first micro-batch
             np.testing.assert_array_equal(p["w"], params["w"])
     for k in expected:
+        # fp32: two half-batch gradients vs one full batch; a dropped micro-batch is off 2x
         np.testing.assert_allclose(p[k], expected[k], rtol=1e-5, atol=1e-7)

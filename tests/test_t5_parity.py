@@ -74,6 +74,7 @@ def test_logits_match_transformers_with_padding(tiny):
     ref = hf_logits(tiny["hf"], ids, mask, dec, dmask)
     ours = np.asarray(tiny["forward"](tiny["params"], ids, mask, dec, dmask))
     assert ours.shape == ref.shape == (3, 7, VOCAB)
+    # fp32 parity across frameworks (~1e-6 per op); a wrong bias bucket or mask moves logits > 1e-2
     np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
     # Encoder padding matters: unmasking the pads changes the logits of row 2.
     unmasked = np.asarray(tiny["forward"](tiny["params"], ids, np.ones_like(mask), dec, dmask))
@@ -93,6 +94,7 @@ def test_cached_decoding_equals_full_forward(tiny):
         logits, cache = step(cache, dec[:, t:t + 1])
         pieces.append(np.asarray(logits))
     assert int(cache["index"]) == dec.shape[1]
+    # cached steps vs one full pass (fp32 reordering); a stale cache entry or position is > 1e-2
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full, atol=1e-5, rtol=0)
 
 
@@ -103,6 +105,7 @@ def test_save_then_transformers_loads_same_logits(tiny, tmp_path):
     reloaded = T5ForConditionalGeneration.from_pretrained(out).eval()
     ids, mask, dec, dmask = padded_batch(2)
     ours = np.asarray(tiny["forward"](tiny["params"], ids, mask, dec, dmask))
+    # fp32 parity after saving; a mis-named or transposed weight moves logits by > 1e-2
     np.testing.assert_allclose(hf_logits(reloaded, ids, mask, dec, dmask), ours, atol=1e-4, rtol=0)
     # ... and jaxpet reads its own output back to identical parameters and flags.
     _, params2, config2 = load_t5(out)
