@@ -34,11 +34,15 @@ def test_wmean_with_all_zero_weights_falls_back_to_mean_with_a_warning():
 
 
 @pytest.mark.parametrize(
-    "bad",
-    [dict(reduction="median"), dict(reduction="wmean"), dict(reduction="wmean", weights_M=[1.0])],
+    ("bad", "message"),
+    [
+        (dict(reduction="median"), "unknown reduction 'median'"),
+        (dict(reduction="wmean"), "needs one weight per model"),
+        (dict(reduction="wmean", weights_M=[1.0]), "expected 2 weights"),
+    ],
 )
-def test_merge_rejects_bad_arguments(bad):
-    with pytest.raises(ValueError):
+def test_merge_rejects_bad_arguments(bad, message):
+    with pytest.raises(ValueError, match=message):
         merge_logits(np.zeros((2, 3, 2)), **bad)
 
 
@@ -66,12 +70,20 @@ class _Ex:
         self.idx, self.label, self.logits = idx, None, None
 
 
-def _pet_reference(logits_lists, scores, quota, pct, reduction, n_most_likely, rng, rng_np):
-    """PET's generate_ipet_train_set, written out over example objects."""
-    chosen = rng.sample(list(range(len(logits_lists))), k=round(len(logits_lists) * pct))
+def pet_reference_train_set(logits_lists, scores, quota, pct, reduction, n_most_likely, rng,
+                            rng_np, at_least_one=False):
+    """PET's generate_ipet_train_set, written out over example objects: [(unlabeled index,
+    label id)] in PET's order. at_least_one: jaxpet's documented deviation, one model is chosen
+    when round(pct * models) is 0 (PET would average no model); all-zero wmean weights give the
+    plain mean (PET would divide by zero)."""
+    k = round(len(logits_lists) * pct)
+    chosen = rng.sample(list(range(len(logits_lists))), k=max(k, 1) if at_least_one else k)
     logits = np.array([logits_lists[i] for i in chosen])
     weights = np.array([scores[i] for i in chosen])
-    merged = np.mean(logits, 0) if reduction == "mean" else np.average(logits, 0, weights=weights)
+    if reduction == "mean" or (at_least_one and weights.sum() == 0):
+        merged = np.mean(logits, 0)
+    else:
+        merged = np.average(logits, 0, weights=weights)
     probs = np.exp(merged - merged.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     data = [_Ex(i) for i in range(len(probs))]
@@ -114,7 +126,7 @@ def test_train_set_equals_pets_rules(reduction, n_most_likely):
         rng=random.Random(7),
         rng_np=np.random.RandomState(7),
     )
-    ref = _pet_reference(
+    ref = pet_reference_train_set(
         list(logits),
         list(scores),
         quota,
@@ -193,3 +205,51 @@ def test_each_member_is_labeled_only_by_the_others():
         logits, dict.fromkeys(logits, 1.0), [0, 4], logits_percentage=1.0, reduction="mean"
     )
     assert all(np.array_equal(sets[k].unlabeled_indices, again[k].unlabeled_indices) for k in sets)
+
+
+def test_generate_train_sets_follow_pets_loop_over_the_members():
+    """Four members, each labeled by round(0.5 * 3) = 2 of the other three, drawn from one
+    random stream shared by all members in name order, as PET's loop over the model folders."""
+    gen = np.random.default_rng(5)
+    names = ["p0-s0", "p0-s1", "p1-s0", "p1-s1"]
+    logits = {n: gen.normal(scale=2.0, size=(30, 3)) for n in names}
+    weights = {n: float(w) for n, w in zip(names, gen.uniform(0.1, 1.0, size=4), strict=True)}
+    quota = [4, 2, 3]
+    sets = generate_train_sets(logits, weights, quota, logits_percentage=0.5, reduction="wmean",
+                               seed=11)
+    rng, rng_np = random.Random(11), np.random.RandomState(11)
+    for name in names:
+        others = [o for o in names if o != name]
+        expected = pet_reference_train_set([logits[o] for o in others],
+                                           [weights[o] for o in others], quota, 0.5, "wmean",
+                                           -1, rng, rng_np)
+        got = sets[name]
+        assert list(zip(got.unlabeled_indices.tolist(), got.label_ids.tolist(),
+                        strict=True)) == expected
+    # the members' sets differ: each comes from other models and later draws of the stream
+    assert len({tuple(s.unlabeled_indices.tolist()) for s in sets.values()}) == 4
+
+
+def test_member_train_arrays_append_the_pseudo_labeled_rows():
+    """The next generation trains on T's rows, then the drawn unlabeled rows (repeats kept)
+    carrying the labels the other members gave them; dtypes stay those of T."""
+    from jaxpet.ipet import PseudoLabeledSet
+    from jaxpet.ipet_run import member_train_arrays
+
+    labeled = {"input_ids": np.array([[1, 5, 2], [1, 6, 2]], np.int32),
+               "attention_mask": np.ones((2, 3), np.int32),
+               "mask_positions": np.array([[1], [1]], np.int32),
+               "labels": np.array([3, 0], np.int32)}
+    unlabeled = {"input_ids": np.array([[1, 7, 2], [1, 8, 2], [1, 9, 0]], np.int64),
+                 "attention_mask": np.array([[1, 1, 1], [1, 1, 1], [1, 1, 0]], np.int64),
+                 "mask_positions": np.array([[1], [2], [1]], np.int64),
+                 "labels": np.array([-1, -1, -1], np.int64)}
+    pseudo = PseudoLabeledSet(np.array([2, 0, 2]), np.array([1, 2, 3]))
+    arrays = member_train_arrays(labeled, unlabeled, pseudo)
+    np.testing.assert_array_equal(arrays["labels"], [3, 0, 1, 2, 3])
+    np.testing.assert_array_equal(arrays["input_ids"], [[1, 5, 2], [1, 6, 2], [1, 9, 0],
+                                                        [1, 7, 2], [1, 9, 0]])
+    np.testing.assert_array_equal(arrays["attention_mask"][2:], [[1, 1, 0], [1, 1, 1], [1, 1, 0]])
+    np.testing.assert_array_equal(arrays["mask_positions"][:, 0], [1, 1, 1, 1, 1])
+    assert set(arrays) == set(labeled)
+    assert all(arrays[k].dtype == labeled[k].dtype for k in labeled)
