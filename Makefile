@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean mutate
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,16 @@ test: $(TEST_STAMP)
 
 lint: $(TEST_STAMP)
 	$(VENV)/bin/ruff check jaxpet tests train.py
+
+# Mutation testing over the core modules (local only, not part of `make test`/CI; minutes to
+# hours on 2 cores). One module: make mutate MODULE=jaxpet/losses.py
+MUTATE_STAMP := $(VENV)/.installed-mutate
+$(MUTATE_STAMP): $(TEST_STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[test,mutate]"
+	touch $@
+
+mutate: $(MUTATE_STAMP)
+	$(PY) tools/mutate.py $(MODULE)
 
 clean:
 	rm -rf $(VENV) runs
