@@ -4,6 +4,11 @@
 `distill` trains a classifier on the unlabeled set with the merged scores as soft labels
 (KL * T^2, as the original PET does) in `OUT/distilled/`, evaluates it and exports it with
 `save_pretrained` to `OUT/distilled/model` (Hugging Face layout). Finished folders are reused.
+
+Besides eval_logits.npy, `OUT/distilled/` holds the classifier's scores on the unlabeled set
+(the rows it was distilled on, in task order): `unlabeled_logits_before_training.npy` at its
+start parameters and `unlabeled_logits.npy` after distillation, [N, L] float32 each, so that
+a run shows how far the student moved toward softmax(teacher / T).
 """
 
 from __future__ import annotations
@@ -193,6 +198,10 @@ def distill(config: Config, data: Any, mesh: Any, out: Path, teacher_NxL: np.nda
     eval_arrays = encode_classifier_inputs(lm, data.eval, settings.max_seq_length)
     loss_fn = make_classifier_loss(lm.module.apply, soft_labels=True,
                                    temperature=settings.temperature)
+    logits_fn = make_classifier_logits_fn(lm.module.apply)
+    unlabeled_inputs = {k: v for k, v in arrays.items() if k in MODEL_INPUTS}
+    outputs.write_npy(folder / "unlabeled_logits_before_training.npy",
+                      predict_logits(config, logits_fn, params, unlabeled_inputs, mesh))
     seed = config.seed
     print(f"{folder.name}: distilling the ensemble into a sequence classifier on "
           f"{len(data.unlabeled)} unlabeled examples (T = {settings.temperature})")
@@ -200,9 +209,10 @@ def distill(config: Config, data: Any, mesh: Any, out: Path, teacher_NxL: np.nda
                              {"": (arrays, settings.unlabeled_batch_size, seed)}, mesh, folder,
                              seed)
     trained = jax.device_get(trained)
-    eval_logits = predict_logits(config, make_classifier_logits_fn(lm.module.apply), trained,
-                                 eval_arrays, mesh)
+    eval_logits = predict_logits(config, logits_fn, trained, eval_arrays, mesh)
     write_predictions(folder, "eval", data.eval, data.labels, eval_logits)
+    outputs.write_npy(folder / "unlabeled_logits.npy",
+                      predict_logits(config, logits_fn, trained, unlabeled_inputs, mesh))
     save_pretrained(dataclasses.replace(lm, params=trained), folder / "model")
     results = {"seed": seed, "temperature": settings.temperature, "eval_set": config.task.eval_set,
                "metrics": evaluate_logits(data.name, data.labels, data.eval, eval_logits),
