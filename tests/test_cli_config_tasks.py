@@ -75,6 +75,7 @@ def test_a_model_that_cannot_fit_fails_before_compiling(tmp_path, monkeypatch, c
     assert lm.config.model_type == "bert"
 
 
+@pytest.mark.slow  # two PET runs, one on 8 devices, ~60-120 s on 2 shared cores
 def test_tensor_parallel_mesh_from_the_config_gives_the_same_losses(tmp_path):
     from jaxpet.outputs import read_jsonl
 

@@ -47,6 +47,7 @@ def test_encode_texts_mixes_pairs_and_singles_in_order(workspace):
     assert (arrays["special_tokens_mask"] == special).all()
 
 
+@pytest.mark.slow  # ~35 s on 2 shared cores
 def test_head_only_warmup_trains_head_exports_and_is_reused(workspace, tmp_path):
     from jaxpet import mlm_pretrain
     from jaxpet.models import load_pretrained
