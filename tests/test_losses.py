@@ -172,3 +172,45 @@ def test_seq2seq_loss(label_smoothing, z_loss):
     got = losses.seq2seq_loss(logits, targets, weights, label_smoothing, z_loss)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert float(losses.seq2seq_loss(logits, targets, np.zeros_like(weights))) == 0.0
+
+
+def test_token_id_zero_is_a_real_verbalizer_word_and_target():
+    # Id 0 is a vocabulary entry (T5's pad, many tokenizers' first word); only negatives are pads.
+    logits_BxV = RNG.normal(size=(2, 6)).astype(np.float32)
+    verbalizer_LxW = np.array([[0, -1], [3, 5]])
+    expected_BxL = np.stack([logits_BxV[:, 0], (logits_BxV[:, 3] + logits_BxV[:, 5]) / 2], -1)
+    # float32 rounding of a two-term mean; dropping id 0 changes label 0 by O(1)
+    np.testing.assert_allclose(losses.label_logits(logits_BxV, verbalizer_LxW), expected_BxL,
+                               rtol=1e-6)
+    logits_BxTxV = RNG.normal(size=(1, 3, 5)).astype(np.float32)
+    targets_BxT = np.array([[0, 2, -1]])
+    lp = _log_softmax(logits_BxTxV)
+    expected = -(lp[0, 0, 0] + lp[0, 1, 2]) / 2
+    # float32 log-softmax rounding; skipping the id-0 target moves the mean by O(1)
+    np.testing.assert_allclose(
+        losses.seq2seq_loss(logits_BxTxV, targets_BxT, np.ones((1, 3), np.float32)), expected,
+        rtol=1e-5,
+    )
+
+
+def test_label_logits_keep_the_compute_dtype():
+    logits_BxV = jnp.asarray(RNG.normal(size=(2, 6)), jnp.bfloat16)
+    got_BxL = eager_losses.label_logits(logits_BxV, np.array([[1, 2], [4, -1]]))
+    assert got_BxL.dtype == jnp.bfloat16  # bf16 training keeps bf16 label scores
+
+
+def test_default_margin_and_seq2seq_options_are_the_plain_losses():
+    scores_BxC = RNG.normal(size=(3, 3)).astype(np.float32)
+    labels_B = np.array([2, 0, 1])
+    # PET's hinge with margin 1: sum over wrong candidates of max(0, 1 - s_y + s_c)
+    expected = np.mean([sum(max(0.0, 1.0 - s[y] + s[c]) for c in range(3) if c != y)
+                        for s, y in zip(scores_BxC, labels_B, strict=True)])
+    # float32 rounding; a margin of 2 adds ~1 per wrong candidate
+    np.testing.assert_allclose(losses.hinge_loss(scores_BxC, labels_B), expected, rtol=1e-5)
+    logits_BxTxV = RNG.normal(size=(2, 3, 7)).astype(np.float32)
+    targets_BxT = np.array([[1, 2, 3], [4, 5, 6]])
+    lp = _log_softmax(logits_BxTxV)
+    plain_ce = -np.take_along_axis(lp, targets_BxT[..., None], -1).mean()
+    got = losses.seq2seq_loss(logits_BxTxV, targets_BxT, np.ones((2, 3), np.float32))
+    # float32 rounding; default smoothing or z-loss would add O(1)
+    np.testing.assert_allclose(got, plain_ce, rtol=1e-5)

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "runs" / "mutate"
 # Test helpers every selected test file may import.
 TEST_HELPERS = ("conftest.py", "tiny_models.py", "tiny_tokenizers.py", "tiny_t5.py", "data")
+PRELOAD = ("pytest", "numpy", "jax", "jax.numpy", "optax", "flax.linen", "transformers")
 KILLED = {"killed", "timeout", "caught by type check"}
 
 
@@ -37,12 +38,24 @@ def toml_value(value: object) -> str:
     return repr(value)
 
 
-def prepare(module: str, tests: list[str], shared: dict, pytest_options: dict) -> Path:
-    """A fresh work folder: jaxpet/, the module's tests and helpers, a pyproject for mutmut."""
+def prepare(module: str, tests: list[str], shared: dict, pytest_options: dict, fresh: bool) -> Path:
+    """The module's work folder: jaxpet/, its tests and helpers, a pyproject for mutmut.
+
+    Without `fresh`, an existing folder keeps its mutants and their verdicts (mutmut then runs
+    only the unchecked ones) and gets the current tests.
+    """
     work = WORK / module.replace("/", "_").removesuffix(".py")
-    shutil.rmtree(work, ignore_errors=True)
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "jaxpet", work / "jaxpet", ignore=ignore)
+    shutil.rmtree(work / "jaxpet", ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    # The committed library, not the working tree: an edit in progress (or a bug planted to
+    # check a test) must not leak into the score.
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD", "jaxpet"],
+                             check=True, stdout=subprocess.PIPE).stdout
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    shutil.rmtree(work / "tests", ignore_errors=True)
     (work / "tests").mkdir(parents=True)
     present = [t for t in tests if (ROOT / t).exists()]
     for name in TEST_HELPERS:
@@ -53,7 +66,16 @@ def prepare(module: str, tests: list[str], shared: dict, pytest_options: dict) -
             shutil.copy2(source, work / "tests" / name)
     for test in present:
         shutil.copy2(ROOT / test, work / test)
-    config = dict(shared, only_mutate=[module], pytest_add_cli_args_test_selection=present)
+    # The fork server imports these once, so each mutant's process starts with them loaded.
+    preload = PRELOAD + (module.removesuffix(".py").replace("/", "."),)
+    (work / "preload.txt").write_text("\n".join(preload) + "\n")
+    config = dict(
+        shared,
+        only_mutate=[module],
+        pytest_add_cli_args_test_selection=present,
+        forkserver_warmup="import",
+        preload_modules_file=str(work / "preload.txt"),
+    )
     lines = ["[tool.pytest.ini_options]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in pytest_options.items() if k != "testpaths"]
     lines += ["", "[tool.mutmut]"] + [f"{k} = {toml_value(v)}" for k, v in config.items()]
@@ -75,24 +97,38 @@ def mutmut(work: Path, *args: str, capture: bool = True) -> str:
     return done.stdout if capture else ""
 
 
+def statuses(work: Path) -> dict[str, str]:
+    """mutant name -> mutmut's verdict."""
+    listing = mutmut(work, "results", "--all", "true")
+    return dict(re.findall(r"^\s+(\S+): (.+)$", listing, re.M))
+
+
+def survivors(work: Path) -> list[str]:
+    return sorted(name for name, status in statuses(work).items() if status not in KILLED)
+
+
 def report(module: str, work: Path, seconds: float, show_diffs: bool) -> tuple[int, int]:
     """Prints killed / total and every mutant that was not killed; returns (killed, total)."""
-    statuses = dict(re.findall(r"^\s+(\S+): (.+)$", mutmut(work, "results", "--all", "true"), re.M))
-    killed = sum(status in KILLED for status in statuses.values())
-    print(f"\n== {module}: {killed} / {len(statuses)} killed "
-          f"({100.0 * killed / max(len(statuses), 1):.1f}%) in {seconds:.0f} s")
-    for name, status in sorted(statuses.items()):
+    verdicts = statuses(work)
+    killed = sum(status in KILLED for status in verdicts.values())
+    print(f"\n== {module}: {killed} / {len(verdicts)} killed "
+          f"({100.0 * killed / max(len(verdicts), 1):.1f}%) in {seconds:.0f} s")
+    for name, status in sorted(verdicts.items()):
         if status not in KILLED:
             print(f"   {status}: {name}")
             if show_diffs:
                 print(mutmut(work, "show", name))
-    return killed, len(statuses)
+    return killed, len(verdicts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("modules", nargs="*", help="e.g. jaxpet/losses.py (default: all)")
     parser.add_argument("--diffs", action="store_true", help="print each survivor's diff")
+    parser.add_argument("--fresh", action="store_true", help="forget earlier verdicts")
+    parser.add_argument(
+        "--survivors", action="store_true", help="recheck only the mutants that were not killed"
+    )
     args = parser.parse_args()
     shared, table, pytest_options = load_settings()
     unknown = [m for m in args.modules if m not in table]
@@ -100,10 +136,11 @@ def main() -> None:
         raise SystemExit(f"{unknown} not in pyproject.toml [tool.mutmut.modules]: {list(table)}")
     scores = {}
     for module in args.modules or list(table):
-        work = prepare(module, table[module], shared, pytest_options)
+        work = prepare(module, table[module], shared, pytest_options, args.fresh)
+        names = survivors(work) if args.survivors and (work / "mutants").exists() else []
         start = time.monotonic()
         # One child: the machine's cores are shared.
-        mutmut(work, "run", "--max-children", "1", capture=False)
+        mutmut(work, "run", "--max-children", "1", *names, capture=False)
         scores[module] = report(module, work, time.monotonic() - start, args.diffs)
     print("\nmodule                          killed / total")
     for module, (killed, total) in scores.items():
