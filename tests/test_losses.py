@@ -214,3 +214,13 @@ def test_default_margin_and_seq2seq_options_are_the_plain_losses():
     got = losses.seq2seq_loss(logits_BxTxV, targets_BxT, np.ones((2, 3), np.float32))
     # float32 rounding; default smoothing or z-loss would add O(1)
     np.testing.assert_allclose(got, plain_ce, rtol=1e-5)
+
+
+def test_distillation_default_temperature_is_pets_two():
+    student_BxL = RNG.normal(size=(3, 4)).astype(np.float32)
+    teacher_BxL = RNG.normal(size=(3, 4)).astype(np.float32) * 3
+    q_log, p_log = _log_softmax(teacher_BxL / 2.0), _log_softmax(student_BxL / 2.0)
+    expected = (np.exp(q_log) * (q_log - p_log)).sum(-1).mean() * 4.0
+    # float32 rounding; T = 1 or 3 changes the value by > 10%
+    np.testing.assert_allclose(losses.distillation_loss(student_BxL, teacher_BxL), expected,
+                               rtol=1e-5)

@@ -111,10 +111,12 @@ def report(module: str, work: Path, seconds: float, show_diffs: bool) -> tuple[i
     """Prints killed / total and every mutant that was not killed; returns (killed, total)."""
     verdicts = statuses(work)
     killed = sum(status in KILLED for status in verdicts.values())
+    checked = sum(status != "not checked" for status in verdicts.values())
     print(f"\n== {module}: {killed} / {len(verdicts)} killed "
-          f"({100.0 * killed / max(len(verdicts), 1):.1f}%) in {seconds:.0f} s")
+          f"({100.0 * killed / max(len(verdicts), 1):.1f}%) in {seconds:.0f} s"
+          + (f"; only {checked} checked so far" if checked < len(verdicts) else ""))
     for name, status in sorted(verdicts.items()):
-        if status not in KILLED:
+        if status not in KILLED and status != "not checked":
             print(f"   {status}: {name}")
             if show_diffs:
                 print(mutmut(work, "show", name))
@@ -125,6 +127,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("modules", nargs="*", help="e.g. jaxpet/losses.py (default: all)")
     parser.add_argument("--diffs", action="store_true", help="print each survivor's diff")
+    parser.add_argument("--tests", nargs="+", help="test files to use instead of the table's")
+    parser.add_argument("--report", action="store_true",
+                        help="print the verdicts so far (also of a run in progress); run nothing")
     parser.add_argument("--fresh", action="store_true", help="forget earlier verdicts")
     parser.add_argument(
         "--survivors", action="store_true", help="recheck only the mutants that were not killed"
@@ -136,7 +141,12 @@ def main() -> None:
         raise SystemExit(f"{unknown} not in pyproject.toml [tool.mutmut.modules]: {list(table)}")
     scores = {}
     for module in args.modules or list(table):
-        work = prepare(module, table[module], shared, pytest_options, args.fresh)
+        if args.report:
+            work = WORK / module.replace("/", "_").removesuffix(".py")
+            if (work / "mutants").exists():
+                scores[module] = report(module, work, 0.0, args.diffs)
+            continue
+        work = prepare(module, args.tests or table[module], shared, pytest_options, args.fresh)
         names = survivors(work) if args.survivors and (work / "mutants").exists() else []
         start = time.monotonic()
         # One child: the machine's cores are shared.
