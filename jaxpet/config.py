@@ -44,7 +44,10 @@ class TaskConfig:
     # patterns as template strings (docs/templates.md) and the verbalizer label -> word(s).
     definition: Optional[dict[str, Any]] = None  # noqa: UP045 - OmegaConf needs Optional
     patterns: Optional[list[str]] = None  # noqa: UP045
-    verbalizer: Optional[dict[str, Any]] = None  # noqa: UP045
+    # a mapping label -> word(s), or the path of a verbalizer file (YAML/JSON
+    # {pattern_id: {label: words}} as `jaxpet petal` writes, or PET's text format) whose words
+    # replace any task's own (several words per label: the mean of their logits)
+    verbalizer: Optional[Any] = None  # noqa: UP045
 
 
 @dataclass
@@ -149,6 +152,21 @@ class MlmPretrainConfig:
 
 
 @dataclass
+class PetalConfig:
+    """PETAL (`jaxpet petal --config FILE`): label words found automatically for each label of
+    every pattern in `pet.pattern_ids`, from the labeled examples (task.train_examples)."""
+
+    words_per_label: int = 10  # words written per label (the verbalizer's W)
+    num_candidates: int = 1000  # words per label kept by summed log-likelihood; 0 = all
+    normalize: bool = True  # the paper's normalisation: positives weighted by #neg / #pos
+    score: str = "llr"  # "llr": likelihood ratio (the paper); "ce": cross-entropy
+    combine_patterns: bool = False  # one verbalizer for all patterns (scores summed over them)
+    # > 0: only the max_words most frequent words of the task's text (train + unlabeled)
+    max_words: int = 0
+    output_dir: str = ""  # verbalizer.yaml and summary.md go here; "" = OUT/petal
+
+
+@dataclass
 class MeshConfig:
     """Device mesh; -1 takes all remaining devices.
 
@@ -224,6 +242,7 @@ class Config:
     no_distillation: bool = False
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     mlm_pretrain: MlmPretrainConfig = field(default_factory=MlmPretrainConfig)
+    petal: PetalConfig = field(default_factory=PetalConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -261,7 +280,13 @@ def validate(config: Config) -> None:
                   "pet.decoding_strategy")
     _check_choice(config.pet.multitoken_loss, ("auto", "hinge", "copa", "record", "wsc"),
                   "pet.multitoken_loss")
-    custom = (config.task.definition, config.task.patterns, config.task.verbalizer)
+    verbalizer = config.task.verbalizer
+    if verbalizer is not None and not isinstance(verbalizer, (dict, str)):
+        raise ConfigError("config key 'task.verbalizer' must be a mapping label -> word(s) or "
+                          f"the path of a verbalizer file, got {verbalizer!r}")
+    # a verbalizer file alone overrides a built-in task's words; it defines no task
+    custom = (config.task.definition, config.task.patterns,
+              verbalizer if isinstance(verbalizer, dict) or config.task.definition else None)
     if any(part is not None for part in custom) and any(part is None for part in custom):
         raise ConfigError("a config-defined task needs all of 'task.definition', "
                           "'task.patterns' and 'task.verbalizer'")
@@ -299,6 +324,11 @@ def validate(config: Config) -> None:
         raise ConfigError("config key 'ipet.scale_factor' must be > 1")
     if not 0.0 <= config.pet.alpha <= 1.0:
         raise ConfigError("config key 'pet.alpha' must lie in [0, 1]")
+    _check_choice(config.petal.score, ("llr", "ce"), "petal.score")
+    for name in ("words_per_label", "num_candidates", "max_words"):
+        if getattr(config.petal, name) < (1 if name == "words_per_label" else 0):
+            raise ConfigError(f"config key 'petal.{name}' must be "
+                              f"{'>= 1' if name == 'words_per_label' else '>= 0'}")
     if (config.mlm_pretrain.enabled or config.method == "mlm_pretrain") and (
             config.mlm_pretrain.steps < 1):
         raise ConfigError("config key 'mlm_pretrain.steps' must be >= 1 when enabled")

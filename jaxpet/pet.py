@@ -110,8 +110,9 @@ def prepare_pattern(config: Config, lm: Any, data: TaskData, pattern_id: int) ->
     from jaxpet.multitoken_pet import needs_multi_token, prepare_multitoken_pattern
     from jaxpet.pet_step import make_label_logits_fn
     from jaxpet.prompts import get_pvp
+    from jaxpet.run_setup import verbalizer_file
 
-    pvp = get_pvp(data.name, pattern_id)
+    pvp = get_pvp(data.name, pattern_id, verbalizer_file(config))
     # T5 scores label words of any length in one decoder pass: never multi-token
     multi_token = lm.head != "seq2seq" and needs_multi_token(pvp, lm.tokenizer)
     if config.eval.priming and (lm.head == "seq2seq" or multi_token):

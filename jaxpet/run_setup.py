@@ -36,7 +36,21 @@ def register_config_task(task: Any) -> None:
     from jaxpet.prompts.template import pvp_from_config
 
     spec = task_from_config({**task.definition, "name": task.name, "data_dir": task.data_dir})
-    pvp_from_config(task.name, list(spec.labels), list(task.patterns), dict(task.verbalizer))
+    verbalizer = task.verbalizer
+    if isinstance(verbalizer, str):  # a verbalizer file: it must cover every pattern
+        from jaxpet.prompts.verbalizer import load_verbalizer
+
+        verbalizer = [dict(load_verbalizer(verbalizer, i).words)
+                      for i in range(len(task.patterns))]
+    else:
+        verbalizer = dict(verbalizer)
+    pvp_from_config(task.name, list(spec.labels), list(task.patterns), verbalizer)
+
+
+def verbalizer_file(config: Config) -> str | None:
+    """The verbalizer file named by task.verbalizer (its words replace the pattern's), or None."""
+    verbalizer = config.task.verbalizer
+    return verbalizer if isinstance(verbalizer, str) else None
 
 
 def load_task_data(config: Config) -> TaskData:
