@@ -22,10 +22,27 @@ def _message(error: BaseException) -> str:
     return str(error)
 
 
+# How a run's settings are put together; shown by `train.py --help` and `jaxpet train --help`.
+TRAIN_EPILOG = """\
+configs and overrides:
+  A run's settings are the defaults of every config key, then the YAML file given with
+  --config, then each key=value override, in order. An override is a dotted config key and
+  a YAML value; an unknown key or a value of the wrong type stops the run naming the key.
+
+  example:
+    python train.py --config configs/demo.yaml pet.max_steps=100 pet.pattern_ids=[0,1] \\
+        model.name=roberta-base output_dir=runs/demo_100
+
+  jaxpet config show FILE.yaml [key=value ...]   print the resolved config, defaults included
+  jaxpet config keys                              every key with its type, default and meaning
+  docs/config.md                                  the same list as a page
+"""
+
+
 def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Train and evaluate PET / sequence-classifier models.",
-        epilog="Overrides are dotted config keys, e.g. pet.max_steps=100 model.name=roberta-base")
+        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML file (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides applied after the file")
@@ -118,9 +135,85 @@ def petal_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def config_main(argv: Sequence[str]) -> int:
+    """`jaxpet config show CONFIG [key=value ...]` prints the resolved config as YAML;
+    `jaxpet config keys [--markdown]` lists every config key (docs/config.md)."""
+    parser = argparse.ArgumentParser(
+        prog="jaxpet config", description="Show a resolved config, or list every config key.",
+        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    show = commands.add_parser("show", help="print CONFIG with its overrides and every default "
+                                            "(YAML, as the run's config.yaml)")
+    show.add_argument("config", help="experiment YAML file (configs/*.yaml)")
+    show.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="config overrides applied after the file")
+    keys = commands.add_parser("keys", help="every config key with its type, default and "
+                                            "meaning")
+    keys.add_argument("--markdown", action="store_true",
+                      help="write docs/config.md's Markdown instead of plain text")
+    args = parser.parse_args(list(argv))
+    from jaxpet import config_docs
+
+    if args.command == "keys":
+        sys.stdout.write(config_docs.keys_markdown() if args.markdown else config_docs.keys_text())
+        return 0
+    try:
+        if requested_method(args.config, args.overrides) == "text2text":
+            from omegaconf import OmegaConf
+
+            from jaxpet.text2text_config import load_text2text_config
+
+            config = load_text2text_config(args.config, list(args.overrides))
+            sys.stdout.write(OmegaConf.to_yaml(OmegaConf.structured(config)))
+            return 0
+        from jaxpet.config import load_config, to_yaml
+
+        sys.stdout.write(to_yaml(load_config(args.config, list(args.overrides))))
+    except USER_ERRORS as error:
+        print(f"error: {_message(error)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+def init_model_main(argv: Sequence[str]) -> int:
+    """`jaxpet init-model FAMILY OUT_DIR`: a random tiny checkpoint with a tokenizer."""
+    from jaxpet import init_model
+
+    return init_model.main(argv)
+
+
+# `jaxpet --help`: every subcommand and what it is for.
+SUBCOMMANDS = {
+    "train": "train and evaluate a config: jaxpet train --config FILE.yaml [key=value ...] "
+             "(as python train.py)",
+    "report": "regenerate a run folder's summary.md / summary.png and print its results table",
+    "petal": "find label words for a task's patterns (PETAL) and write verbalizer.yaml",
+    "config": "config show FILE.yaml [key=value ...]: the resolved config; config keys: every "
+              "key with its type, default and meaning",
+    "init-model": "write a random tiny checkpoint (bert, roberta, xlm-roberta, albert, t5) "
+                  "with a tokenizer, for offline runs",
+}
+
+
+def main_help() -> str:
+    """The text of `jaxpet --help`."""
+    width = max(map(len, SUBCOMMANDS))
+    rows = "\n".join(f"  {name.ljust(width)}  {meaning}" for name, meaning in SUBCOMMANDS.items())
+    return (f"usage: jaxpet COMMAND [options]   (jaxpet COMMAND --help for its options)\n\n"
+            f"commands:\n{rows}\n\n"
+            "jaxpet --config FILE.yaml [key=value ...] without a command is jaxpet train.\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `jaxpet` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(main_help())
+        return 0 if argv else EXIT_USER_ERROR
+    if argv[0] == "config":
+        return config_main(argv[1:])
+    if argv[0] == "init-model":
+        return init_model_main(argv[1:])
     if argv and argv[0] == "report":
         return report_main(argv[1:])
     if argv and argv[0] == "petal":

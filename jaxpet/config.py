@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -21,6 +22,12 @@ EVAL_SETS = ("dev", "test")
 REDUCTIONS = ("mean", "wmean")
 DTYPES = ("float32", "bfloat16", "float16")
 MLM_INPUTS = ("text", "patterns")
+
+
+# logging.tensorboard is an optional feature: the extra that provides it
+TENSORBOARD_MISSING = ("config key 'logging.tensorboard' is true but tensorboardX is not "
+                       "installed: pip install jaxpet[tensorboard] (or set "
+                       "logging.tensorboard=false)")
 
 
 class ConfigError(ValueError):
@@ -43,7 +50,7 @@ class TaskConfig:
     # (format, header, text_a, text_b, label, guid, labels, files; jaxpet.data.custom), the
     # patterns as template strings (docs/templates.md) and the verbalizer label -> word(s).
     definition: Optional[dict[str, Any]] = None  # noqa: UP045 - OmegaConf needs Optional
-    patterns: Optional[list[str]] = None  # noqa: UP045
+    patterns: Optional[list[str]] = None  # noqa: UP045 - one template string per pattern id
     # a mapping label -> word(s), or the path of a verbalizer file (YAML/JSON
     # {pattern_id: {label: words}} as `jaxpet petal` writes, or PET's text format) whose words
     # replace any task's own (several words per label: the mean of their logits)
@@ -78,10 +85,10 @@ class TrainingConfig:
     accumulation_steps: int = 1  # micro-steps per optimizer update
     max_steps: int = -1  # optimizer updates; -1 = num_train_epochs over the labeled set
     num_train_epochs: int = 3  # used only when max_steps is -1
-    learning_rate: float = 1e-5
+    learning_rate: float = 1e-5  # peak AdamW learning rate
     weight_decay: float = 0.01  # AdamW decay, never on biases and LayerNorm parameters
     warmup_steps: int = 0  # linear warm-up, then linear decay to 0
-    adam_epsilon: float = 1e-8
+    adam_epsilon: float = 1e-8  # AdamW epsilon
     max_grad_norm: float = 1.0  # global gradient-norm clipping
 
 
@@ -104,7 +111,7 @@ class PetConfig(TrainingConfig):
     # multi-token tasks: how candidates are scored (max_first | ltr | parallel) and the training
     # loss (auto = per task as the original PET: copa, record, wsc, else hinge)
     decoding_strategy: str = "max_first"
-    multitoken_loss: str = "auto"
+    multitoken_loss: str = "auto"  # auto | hinge | copa | record | wsc
 
 
 @dataclass
@@ -137,17 +144,17 @@ class MlmPretrainConfig:
     needed for encoders shipped without an MLM head, whose head starts random.
     """
 
-    enabled: bool = False
+    enabled: bool = False  # run the warm-up before training (method mlm_pretrain: only it)
     steps: int = 100  # optimizer updates
-    learning_rate: float = 1e-4
-    batch_size: int = 16
-    max_seq_length: int = 128
+    learning_rate: float = 1e-4  # peak AdamW learning rate
+    batch_size: int = 16  # unlabeled sequences per step
+    max_seq_length: int = 128  # tokens per sequence, special tokens included
     train_encoder: bool = False  # False: only the MLM head is trained, the encoder is frozen
     inputs: str = "text"  # "text": plain unlabeled text; "patterns": text with each PET pattern
-    mlm_probability: float = 0.15
+    mlm_probability: float = 0.15  # share of tokens selected as MLM targets
     max_mlm_targets: int = 0  # target slots per sequence; 0 = ceil(p * max_seq_length)
-    warmup_steps: int = 0
-    weight_decay: float = 0.01
+    warmup_steps: int = 0  # linear warm-up, then linear decay to 0
+    weight_decay: float = 0.01  # AdamW decay
     checkpoint_dir: str = ""  # where its checkpoints and final model go; "" = OUT/mlm_pretrain
 
 
@@ -174,9 +181,9 @@ class MeshConfig:
     attention heads, MLP width and the vocabulary over tensor (jaxpet.sharding.DEFAULT_RULES).
     """
 
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
+    data: int = -1  # data-parallel devices (the batch is split over them)
+    fsdp: int = 1  # devices the parameters are sharded over (the batch is split too)
+    tensor: int = 1  # tensor-parallel devices (heads, MLP width, vocabulary)
 
 
 @dataclass
@@ -191,7 +198,7 @@ class CheckpointConfig:
 class EvalConfig:
     """Evaluation settings."""
 
-    batch_size: int = 32
+    batch_size: int = 32  # examples per evaluation batch
     zero_shot: bool = True  # also evaluate every pattern on the eval set before any training
     # PET's --priming: every eval example is preceded by all labeled examples, each with its
     # mask filled by its label's word (jaxpet.prompts.priming); single-token patterns only
@@ -324,6 +331,14 @@ def validate(config: Config) -> None:
         raise ConfigError("config key 'ipet.scale_factor' must be > 1")
     if not 0.0 <= config.pet.alpha <= 1.0:
         raise ConfigError("config key 'pet.alpha' must lie in [0, 1]")
+    if config.pet.alpha > 0.5:
+        # the original PET's --alpha weighs the cloze loss instead: alpha * CE + (1 - alpha) * MLM
+        warnings.warn(f"pet.alpha={config.pet.alpha} weighs the MLM loss above the cloze loss: "
+                      "jaxpet follows the paper, (1 - alpha) * cloze + alpha * MLM (default 1e-4); "
+                      "the original PET's --alpha is the other way round (its 0.9999 is "
+                      "pet.alpha=1e-4 here)", stacklevel=2)
+    if config.logging.tensorboard:
+        require_tensorboard()
     _check_choice(config.petal.score, ("llr", "ce"), "petal.score")
     for name in ("words_per_label", "num_candidates", "max_words"):
         if getattr(config.petal, name) < (1 if name == "words_per_label" else 0):
@@ -332,6 +347,14 @@ def validate(config: Config) -> None:
     if (config.mlm_pretrain.enabled or config.method == "mlm_pretrain") and (
             config.mlm_pretrain.steps < 1):
         raise ConfigError("config key 'mlm_pretrain.steps' must be >= 1 when enabled")
+
+
+def require_tensorboard() -> None:
+    """ConfigError saying how to install tensorboardX, raised before any model loads."""
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:
+        raise ConfigError(TENSORBOARD_MISSING) from None
 
 
 def read_yaml(path: str | os.PathLike) -> Any:

@@ -325,10 +325,18 @@ def estimate_memory(
 
 
 class DoesNotFit(ValueError):
-    """The estimate says a training step will not fit in device memory."""
+    """The estimate says a training step will not fit in device memory; `suggestions` holds
+    each way to fit as the `key=value` config overrides that apply it."""
+
+    def __init__(self, message: str, suggestions: list[list[str]] = ()):
+        super().__init__(message)
+        self.suggestions = [list(s) for s in suggestions]
 
 
-def _suggestions(estimate: MemoryEstimate, budget: float) -> list[str]:
+def _suggestions(estimate: MemoryEstimate, budget: float, section: str,
+                 batch_sizes: dict[str, int], accumulation_steps: int
+                 ) -> list[tuple[list[str], str]]:
+    """(config overrides, why) for each change that makes the estimate fit."""
     fits = lambda e: e.total_bytes <= budget
     tips = []
     batch_devices = estimate.data * estimate.fsdp
@@ -336,33 +344,39 @@ def _suggestions(estimate: MemoryEstimate, budget: float) -> list[str]:
         if fsdp > estimate.fsdp:
             alt = estimate.replace(fsdp=fsdp, data=batch_devices // fsdp)
             if fits(alt):
-                tips.append(f"shard parameters wider: mesh.fsdp={fsdp} mesh.data="
-                            f"{batch_devices // fsdp} ({alt.total_bytes / GIB:.1f} GiB)")
+                tips.append(([f"mesh.fsdp={fsdp}", f"mesh.data={batch_devices // fsdp}"],
+                             f"shard parameters wider ({alt.total_bytes / GIB:.1f} GiB)"))
                 break
     for policy in REMAT_POLICIES[REMAT_POLICIES.index(estimate.remat) + 1:]:
+        if policy == "dots" and estimate.backbone.family == "t5":
+            continue  # T5 rematerialises whole blocks only (model.remat_policy is ignored)
         alt = estimate.replace(remat=policy)
         if fits(alt):
-            how = "model.remat=true" if policy == "full" else "a dots checkpoint policy"
-            tips.append(f"rematerialise: remat={policy} ({how}; {alt.total_bytes / GIB:.1f} GiB)")
+            overrides = ["model.remat=true"]
+            if estimate.backbone.family != "t5":
+                overrides.append(f"model.remat_policy={policy}")
+            tips.append((overrides, f"rematerialise ({policy}; {alt.total_bytes / GIB:.1f} GiB)"))
             break
-    batch = estimate.batch_size
+    batch, factor = estimate.batch_size, 1
     while batch % 2 == 0 and batch // 2 >= batch_devices and batch // 2 % batch_devices == 0:
-        batch //= 2
+        batch, factor = batch // 2, factor * 2
+        if any(size % factor for size in batch_sizes.values()):
+            break  # the config's batch sizes cannot be divided evenly any further
         alt = estimate.replace(batch_size=batch)
         if fits(alt):
-            steps = estimate.batch_size // batch
-            tips.append(f"smaller micro-batch: training.train_batch_size={batch} with "
-                        f"training.accumulation_steps={steps} keeps the effective batch "
-                        f"({alt.total_bytes / GIB:.1f} GiB)")
+            overrides = [f"{section}.{key}={size // factor}" for key, size in batch_sizes.items()]
+            overrides.append(f"{section}.accumulation_steps={accumulation_steps * factor}")
+            tips.append((overrides, "smaller micro-batch, same effective batch "
+                                    f"({alt.total_bytes / GIB:.1f} GiB)"))
             break
     if not tips:
         state = estimate.replace(fsdp=batch_devices, data=1, remat="full", batch_size=batch_devices)
         whole = (state.state_bytes + state.gradients_bytes) * estimate.num_devices
         need = math.ceil(whole / max(budget, 1))
-        tips.append(f"nothing tried on {estimate.num_devices} devices fits; parameters, "
-                    f"gradients and optimizer state alone need more than {max(need, 1) - 1} "
-                    "devices of this size with full FSDP; use a larger slice or a smaller "
-                    "backbone")
+        tips.append(([], f"nothing tried on {estimate.num_devices} devices fits; parameters, "
+                         f"gradients and optimizer state alone need more than {max(need, 1) - 1} "
+                         "devices of this size with full FSDP; use a larger slice or a smaller "
+                         "backbone"))
     return tips
 
 
@@ -371,20 +385,28 @@ def _divisors(n: int) -> list[int]:
 
 
 def check_fits(estimate: MemoryEstimate, device_memory_bytes: float,
-               usable_fraction: float = 0.9) -> MemoryEstimate:
+               usable_fraction: float = 0.9, section: str = "pet",
+               batch_sizes: dict[str, int] | None = None,
+               accumulation_steps: int = 1) -> MemoryEstimate:
     """Raise `DoesNotFit` naming what to change when the estimate exceeds device memory.
 
-    `usable_fraction` leaves room for XLA's own buffers and fragmentation. Returns the
-    estimate unchanged when it fits, so calls can be chained.
+    `usable_fraction` leaves room for XLA's own buffers and fragmentation. The advice names
+    config keys of `section` (pet, classifier, text2text): `batch_sizes` maps its batch-size
+    keys to their values, which together make the estimate's batch (default: all of it is
+    `train_batch_size`). Returns the estimate unchanged when it fits, so calls can be chained.
     """
     budget = device_memory_bytes * usable_fraction
     if estimate.total_bytes <= budget:
         return estimate
-    tips = "\n  - ".join(_suggestions(estimate, budget))
+    sizes = batch_sizes or {"train_batch_size": estimate.batch_size}
+    tips = _suggestions(estimate, budget, section, sizes, accumulation_steps)
+    lines = "\n  - ".join(f"{why}: {' '.join(overrides)}" if overrides else why
+                          for overrides, why in tips)
     raise DoesNotFit(
         f"estimated {estimate.total_bytes / GIB:.1f} GiB per device exceeds "
         f"{budget / GIB:.1f} GiB ({usable_fraction:.0%} of {device_memory_bytes / GIB:.1f} GiB) "
-        f"for {estimate.describe()}.\nTo fit, try one of:\n  - {tips}")
+        f"for {estimate.describe()}.\nTo fit, try one of:\n  - {lines}",
+        [overrides for overrides, _ in tips if overrides])
 
 
 def device_memory_bytes(device=None) -> int | None:

@@ -104,7 +104,8 @@ class MetricsWriter:
                 from tensorboardX import SummaryWriter
             except ImportError as e:
                 raise RuntimeError(
-                    "logging.tensorboard=true needs tensorboardX: pip install tensorboardX"
+                    "logging.tensorboard=true needs tensorboardX: pip install "
+                    "jaxpet[tensorboard] (or pip install tensorboardX)"
                 ) from e
             self._tb = SummaryWriter(str(self.directory / "tensorboard"))
 

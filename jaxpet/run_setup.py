@@ -166,9 +166,10 @@ def check_memory(config: Config, lm: Any, head: str, target_len: int | None = No
     )
 
     settings = config.pet if head == "mlm" else config.classifier
-    batch_size = settings.train_batch_size
+    batch_sizes = {"train_batch_size": settings.train_batch_size}
     if head != "mlm" or config.pet.lm_training:
-        batch_size += settings.unlabeled_batch_size
+        batch_sizes["unlabeled_batch_size"] = settings.unlabeled_batch_size
+    batch_size = sum(batch_sizes.values())
     fsdp, tensor = config.mesh.fsdp, config.mesh.tensor
     data = config.mesh.data if config.mesh.data > 0 else max(
         1, jax.device_count() // (fsdp * tensor))
@@ -189,7 +190,8 @@ def check_memory(config: Config, lm: Any, head: str, target_len: int | None = No
     print(f"memory estimate: {estimate.describe()}")
     limit = device_memory_bytes()
     if limit:
-        check_fits(estimate, limit)
+        check_fits(estimate, limit, section="pet" if head == "mlm" else "classifier",
+                   batch_sizes=batch_sizes, accumulation_steps=settings.accumulation_steps)
 
 
 def enable_compilation_cache(path: str) -> None:
