@@ -46,6 +46,9 @@ def train_parser(prog: str = "train.py") -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="experiment YAML file (configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides applied after the file")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the results of an earlier, different run in output_dir "
+                             "instead of stopping (README: Outputs and resuming)")
     return parser
 
 
@@ -60,8 +63,11 @@ def requested_method(path: str | None, overrides: Sequence[str]) -> str | None:
     if path and os.path.isfile(path):
         import yaml
 
-        with open(path) as f:
-            loaded = yaml.safe_load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f)
+        except (yaml.YAMLError, UnicodeDecodeError):
+            loaded = None  # the config loader reports it, naming the file and line
         if isinstance(loaded, dict):
             method = loaded.get("method")
     for item in overrides:
@@ -80,6 +86,9 @@ def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
             from jaxpet.text2text import run as run_text2text
             from jaxpet.text2text_config import load_text2text_config
 
+            if args.overwrite:
+                raise ValueError("--overwrite applies to pet, ipet, sequence_classifier and "
+                                 "mlm_pretrain runs; for text2text use a new output_dir")
             run_text2text(load_text2text_config(args.config, list(args.overrides)))
             return 0
         from jaxpet.config import load_config
@@ -90,7 +99,7 @@ def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
         maybe_initialize_distributed(config.distributed)
         from jaxpet.pet import run
 
-        run(config)
+        run(config, overwrite=args.overwrite)
     except USER_ERRORS as error:
         if os.environ.get("JAXPET_TRACEBACK"):
             raise

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import yaml
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 METHODS = ("pet", "ipet", "sequence_classifier", "mlm_pretrain")
@@ -277,6 +277,81 @@ def _check_choice(value: str, choices: tuple[str, ...], key: str) -> None:
         raise ConfigError(f"config key '{key}' must be one of {list(choices)}, got {value!r}")
 
 
+def _check_range(value: float, key: str, low: float, high: float | None = None,
+                 low_open: bool = False) -> None:
+    """ConfigError naming `key` and its allowed range when `value` lies outside it."""
+    above = value > low if low_open else value >= low
+    if not above or (high is not None and value > high):
+        bound = f"> {low}" if low_open else f">= {low}"
+        allowed = bound if high is None else f"in {'(' if low_open else '['}{low}, {high}]"
+        raise ConfigError(f"config key '{key}' must be {allowed}, got {value!r}")
+
+
+def distills(config: Config) -> bool:
+    """Whether the run distills an ensemble into a sequence classifier (pet / ipet)."""
+    return config.method in ("pet", "ipet") and not config.no_distillation
+
+
+def validate_ranges(config: Config) -> None:
+    """Every numeric setting in its range, and what each enabled stage needs, checked before
+    any data or model loads; raises ConfigError naming the key and the allowed range."""
+    for section in ("pet", "classifier"):
+        training: TrainingConfig = getattr(config, section)
+        _check_range(training.learning_rate, f"{section}.learning_rate", 0, low_open=True)
+        _check_range(training.unlabeled_batch_size, f"{section}.unlabeled_batch_size", 0)
+        _check_range(training.weight_decay, f"{section}.weight_decay", 0)
+        _check_range(training.warmup_steps, f"{section}.warmup_steps", 0)
+        _check_range(training.adam_epsilon, f"{section}.adam_epsilon", 0, low_open=True)
+    _check_range(config.classifier.temperature, "classifier.temperature", 0, low_open=True)
+    _check_range(config.pet.mlm_probability, "pet.mlm_probability", 0, 1, low_open=True)
+    _check_range(config.pet.max_mlm_targets, "pet.max_mlm_targets", 0)
+    warmup = config.mlm_pretrain
+    _check_range(warmup.learning_rate, "mlm_pretrain.learning_rate", 0, low_open=True)
+    for name in ("batch_size", "max_seq_length"):
+        _check_range(getattr(warmup, name), f"mlm_pretrain.{name}", 1)
+    _check_range(warmup.mlm_probability, "mlm_pretrain.mlm_probability", 0, 1, low_open=True)
+    _check_range(warmup.max_mlm_targets, "mlm_pretrain.max_mlm_targets", 0)
+    _check_range(warmup.warmup_steps, "mlm_pretrain.warmup_steps", 0)
+    _check_range(warmup.weight_decay, "mlm_pretrain.weight_decay", 0)
+    _check_range(config.checkpoint.every, "checkpoint.every", 0)  # 0 = no checkpoints
+    _check_range(config.checkpoint.keep, "checkpoint.keep", 1)
+    _check_range(config.eval.batch_size, "eval.batch_size", 1)
+    _check_range(config.logging.every, "logging.every", 0)  # 0 = no metric log
+    for name in ("train_examples", "unlabeled_examples"):
+        if getattr(config.task, name) < -1:
+            raise ConfigError(f"config key 'task.{name}' must be -1 (all) or >= 0, got "
+                              f"{getattr(config.task, name)}")
+    if config.task.test_examples == 0 or config.task.test_examples < -1:
+        raise ConfigError("config key 'task.test_examples' must be -1 (all) or >= 1 (the "
+                          f"{config.task.eval_set} set is what the run reports), got "
+                          f"{config.task.test_examples}")
+
+
+def validate_stages(config: Config) -> None:
+    """What each stage the run will do needs, checked by a run before any data or model
+    loads (load_config alone allows, e.g., a pet config without unlabeled examples for
+    encoding): a batch size or an example count of 0 would turn a stage off without a word
+    (an MLM term of nothing, a distillation on nothing). Raises ConfigError naming the key."""
+    needs = []
+    if config.method in ("pet", "ipet") and config.pet.lm_training:
+        needs.append(("the auxiliary MLM loss (pet.lm_training)", "pet.unlabeled_batch_size"))
+    if distills(config):
+        needs.append(("distillation (no_distillation is false)",
+                      "classifier.unlabeled_batch_size"))
+    if config.method == "ipet":
+        needs.append(("iPET's pseudo-labeling", None))
+    if config.mlm_pretrain.enabled or config.method == "mlm_pretrain":
+        needs.append(("the MLM warm-up (mlm_pretrain)", None))
+    for stage, batch_key in needs:
+        section, name = batch_key.split(".") if batch_key else (None, None)
+        if batch_key and getattr(getattr(config, section), name) < 1:
+            raise ConfigError(f"config key '{batch_key}' must be >= 1 for {stage}, got "
+                              f"{getattr(getattr(config, section), name)}")
+        if config.task.unlabeled_examples == 0:
+            raise ConfigError(f"config key 'task.unlabeled_examples' is 0, but {stage} needs "
+                              "unlabeled examples: set it to -1 (all) or > 0")
+
+
 def validate(config: Config) -> None:
     """Checks constraints that types alone cannot express; raises ConfigError naming the key."""
     _check_choice(config.method, METHODS, "method")
@@ -347,6 +422,7 @@ def validate(config: Config) -> None:
     if (config.mlm_pretrain.enabled or config.method == "mlm_pretrain") and (
             config.mlm_pretrain.steps < 1):
         raise ConfigError("config key 'mlm_pretrain.steps' must be >= 1 when enabled")
+    validate_ranges(config)
 
 
 def require_tensorboard() -> None:
@@ -362,9 +438,18 @@ def read_yaml(path: str | os.PathLike) -> Any:
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
-        return OmegaConf.load(path)
+        loaded = OmegaConf.load(path)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f", line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid UTF-8 text (byte {e.start})") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}, line 1: the config must be a mapping of keys (method: ..., "
+                          f"task: ...), not a {type(loaded).__name__.removesuffix('Config').lower()}")
+    return loaded
 
 
 def apply_overrides(merged: Any, overrides: list[str]) -> Any:

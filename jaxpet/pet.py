@@ -71,7 +71,8 @@ def train(config: Config, settings: TrainingConfig, loss_fn: Any, params: Any, g
         log = outputs.ThroughputLog(Batcher(groups=groups, mesh=mesh), writer)
         state = fit(trainer, state, log.batch, updates * settings.accumulation_steps, seed=seed,
                     checkpointer=checkpointer, log_every=config.logging.every,
-                    metrics_writer=log.write, progress=config.logging.progress)
+                    metrics_writer=log.write, progress=config.logging.progress,
+                    stage=folder.name)
     if checkpointer is not None:
         checkpointer.close()
     return state.params, time.perf_counter() - start
@@ -432,14 +433,104 @@ def check_models(config: Config) -> None:
         check_classifier_model(config)
 
 
-def run(config: Config) -> dict[str, Any]:
-    """Runs `config.method` end to end; writes and returns the run's results."""
+def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
+    """Runs `config.method` end to end; writes and returns the run's results.
+
+    The output folder is locked for the run (jaxpet.run_lock) and must hold no results of a
+    different run (jaxpet.fingerprint); `overwrite` deletes them first.
+    """
+    from jaxpet.config import validate_stages
+    from jaxpet.run_lock import RunLock
+
     start = time.perf_counter()
+    validate_stages(config)
     out = Path(config.output_dir)
+    check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
-    outputs.write_text(out / "config.yaml", to_yaml(config))
+    with RunLock(out):
+        return run_in_folder(config, out, overwrite, start)
+
+
+def check_output_dir(out: Path) -> None:
+    """A one-line error for an output_dir that names a file (or has a file among its parents)."""
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"config key 'output_dir' ({out}): {folder} exists and is not a "
+                              "folder")
+
+
+def start_folder(config: Config, out: Path, overwrite: bool) -> None:
+    """Checks the folder's fingerprint against the config's before any work (or, with
+    `overwrite`, deletes its old results), then stores the config and its fingerprint."""
+    import jax
+
+    from jaxpet import fingerprint
+
+    current = fingerprint.run_fingerprint(config)
+    if overwrite:
+        if jax.process_index() == 0:
+            fingerprint.clear_folder(out)
+    else:
+        fingerprint.check_folder(out, current)
+    if config.mlm_pretrain.enabled and config.mlm_pretrain.checkpoint_dir:
+        # a warm-up folder outside the run may be shared with other runs: it has its own
+        check_warmup_folder(config, Path(config.mlm_pretrain.checkpoint_dir), overwrite)
+    if jax.process_index() == 0:
+        fingerprint.write_fingerprint(out, current)
+        outputs.write_text(out / "config.yaml", to_yaml(config))
+
+
+def warmup_fingerprint(config: Config) -> dict[str, Any]:
+    """The keys the MLM warm-up stage depends on: its section, the seed, the model, the data
+    and the patterns (mlm_pretrain.inputs 'patterns' applies them)."""
+    from jaxpet import fingerprint
+
+    keep = ("mlm_pretrain.", "model.", "task.", "seed", "jaxpet_version", "pet.pattern_ids")
+    return {k: v for k, v in fingerprint.run_fingerprint(config).items()
+            if k.startswith(keep) and k != "mlm_pretrain.checkpoint_dir"
+            and not k.startswith(("task.train_examples", "task.test_examples",
+                                  "task.eval_set", "task.split_examples_evenly"))}
+
+
+def check_warmup_folder(config: Config, folder: Path, overwrite: bool) -> None:
+    import jax
+
+    from jaxpet import fingerprint
+
+    current = warmup_fingerprint(config)
+    what = "mlm_pretrain.checkpoint_dir"
+    if overwrite:
+        if jax.process_index() == 0:
+            fingerprint.clear_folder(folder, what)
+    else:
+        fingerprint.check_folder(folder, current, what)
+    if jax.process_index() == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        fingerprint.write_fingerprint(folder, current)
+
+
+def check_data(config: Config, data: TaskData) -> None:
+    """Fails before any model loads when a split the run needs came out empty."""
+    from jaxpet.config import distills
+
+    if not data.eval:
+        raise ConfigError(f"task {config.task.name!r} in {config.task.data_dir}: the "
+                          f"{config.task.eval_set} set is empty; the run has nothing to report")
+    needs_unlabeled = (distills(config) or config.method == "ipet" or config.mlm_pretrain.enabled
+                       or config.method == "mlm_pretrain"
+                       or (config.method in ("pet", "ipet") and config.pet.lm_training))
+    if needs_unlabeled and not data.unlabeled:
+        raise ConfigError(f"task {config.task.name!r} in {config.task.data_dir}: no unlabeled "
+                          "examples, but the run needs them (distillation, iPET, the MLM warm-up "
+                          "or pet.lm_training)")
+
+
+def run_in_folder(config: Config, out: Path, overwrite: bool, start: float) -> dict[str, Any]:
+    """run() once the output folder is locked."""
+    start_folder(config, out, overwrite)
     enable_compilation_cache(config.compilation_cache)
     data = load_task_data(config)
+    check_data(config, data)
     check_models(config)
     mesh = build_mesh(config)
     print(f"{config.task.name}: {len(data.train)} labeled, {len(data.unlabeled)} unlabeled, "

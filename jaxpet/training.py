@@ -10,6 +10,7 @@ flows back to the float32 masters). A model built with dtype=bfloat16 does the s
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 import weakref
@@ -233,6 +234,39 @@ class StopVote:
 MetricsWriter = Callable[[int, dict[str, float]], None]
 
 
+class NonFiniteLossError(ValueError):
+    """Training produced a NaN or infinite loss or gradient norm; the run stops there."""
+
+
+@jax.jit
+def _first_bad_step(bad: jax.Array, done: jax.Array, loss: jax.Array,
+                    grad_norm: jax.Array) -> jax.Array:
+    # the first step (1-based, as metrics.jsonl counts) whose loss or gradient is not finite;
+    # -1 while all are. Dispatched after every step and read only with the delayed metrics
+    # or before a checkpoint, so it never makes the host wait for the device.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    return jnp.where((bad < 0) & ~finite, done, bad)
+
+
+def _non_finite_error(bad: int, stage: str, checkpointer: Any, good: int | None) -> Exception:
+    if checkpointer is None:
+        last = "no checkpoint was saved (checkpoint.every is 0)"
+    elif good is None:
+        last = f"no good checkpoint in {checkpointer.directory}"
+    else:
+        last = f"last good checkpoint: step {good} in {checkpointer.directory}"
+    return NonFiniteLossError(
+        f"{stage}: non-finite loss or gradient at step {bad}; training stopped ({last}). "
+        "Lower the learning rate, check the data, or a temperature/scale set to 0")
+
+
+def _stage_name(checkpointer: Any) -> str:
+    directory = getattr(checkpointer, "directory", None)
+    if directory:  # <stage folder>/checkpoints
+        return os.path.basename(os.path.dirname(os.path.normpath(directory)))
+    return "training"
+
+
 def fit(
     trainer: Trainer,
     state: TrainState,
@@ -246,6 +280,7 @@ def fit(
     metrics_writer: MetricsWriter | None = None,
     progress: bool = True,
     stop_check_every: int = 1,
+    stage: str | None = None,
 ) -> TrainState:
     """Runs train steps state.step .. num_steps-1 and returns the final state.
 
@@ -255,7 +290,10 @@ def fit(
     checkpointer's own `save_every`) and at the end, all asynchronously. On SIGTERM (to any
     one process of a multi-host run) all processes agree on a step (see StopVote; checked every
     `stop_check_every` steps), save it, wait for the write and raise SystemExit(143); running
-    the same command again resumes there. metrics_writer(step, metrics)
+    the same command again resumes there. A NaN or infinite loss or gradient norm raises
+    NonFiniteLossError naming the first such step, `stage` (default: the checkpoint folder's
+    parent) and the last good checkpoint; no checkpoint is saved after it. It is noticed with
+    the delayed metrics, at a checkpoint or at the end. metrics_writer(step, metrics)
     receives the metrics of every `log_every`-th step (and the last), one step late so that
     logging never stalls the device. Metrics are host floats; `examples_per_s` is added.
     """
@@ -263,6 +301,12 @@ def fit(
         trainer.state_sharding = jax.tree.map(lambda x: x.sharding, state)
     if checkpointer is not None:
         latest = checkpointer.latest_step()
+        if latest is not None and latest > num_steps:
+            # restoring it would report a longer-trained model as this run's result
+            raise ValueError(
+                f"{checkpointer.directory} holds a checkpoint at step {latest}, beyond this "
+                f"run's {num_steps} steps: it belongs to a different run (use a new output_dir "
+                "or --overwrite)")
         if latest is not None and latest > int(state.step):
             state = checkpointer.restore(latest, state)
     start = int(state.step)
@@ -280,7 +324,27 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
-    pending: tuple[int, dict, int] | None = None
+    stage = stage or _stage_name(checkpointer)
+    latest_good = None if checkpointer is None else checkpointer.latest_step()
+    bad = jax.device_put(np.full((), -1, np.int32), replicated(trainer.mesh))
+
+    def check_finite(bad_then: jax.Array) -> None:
+        first = int(np.asarray(bad_then.addressable_data(0)))  # replicated: any shard
+        if first >= 0:
+            flush()  # the log shows the delayed metrics up to the non-finite step
+            if bar is not None:
+                bar.close()
+            if checkpointer is not None:
+                checkpointer.wait()  # the last good checkpoint is complete on disk
+            raise _non_finite_error(first, stage, checkpointer, latest_good)
+
+    def save(done: int, force: bool = False) -> None:
+        nonlocal latest_good
+        check_finite(bad)  # never save a state that a non-finite step produced
+        if checkpointer.save(done, state, force=force):
+            latest_good = done
+
+    pending: tuple[int, dict, int, jax.Array] | None = None
     seen = 0  # examples dispatched so far in this call
     last_time, last_seen = time.perf_counter(), 0
 
@@ -288,7 +352,7 @@ def fit(
         nonlocal pending, last_time, last_seen
         if pending is None:
             return
-        step, metrics, seen_then = pending
+        step, metrics, seen_then, bad_then = pending
         pending = None
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
         now = time.perf_counter()
@@ -298,6 +362,7 @@ def fit(
             metrics_writer(step, values)
         if bar is not None:
             bar.set_postfix(loss=f"{values['loss']:.4f}", ex_s=f"{values['examples_per_s']:.1f}")
+        check_finite(bad_then)
 
     with _SigtermFlag() as sigterm:
         for step in range(start, num_steps):
@@ -305,27 +370,29 @@ def fit(
             batch = global_batch(local, trainer.mesh)
             state, metrics = trainer.train_step(state, batch, rng)
             seen += next(iter(batch.values())).shape[0]
-            flush()  # the previous step's metrics: ready by now without blocking this one
             done = step + 1
+            bad = _first_bad_step(bad, np.int32(done), metrics["loss"], metrics["grad_norm"])
+            flush()  # the previous step's metrics: ready by now without blocking this one
             if log_every and (done % log_every == 0 or done == num_steps):
-                pending = (done, metrics, seen)
+                pending = (done, metrics, seen, bad)
             if bar is not None:
                 bar.update(1)
             if checkpointer is not None and save_every and done % save_every == 0:
-                checkpointer.save(done, state)
+                save(done)
             if vote.should_stop(done, sigterm.raised):
                 flush()
                 if checkpointer is not None:
-                    checkpointer.save(done, state, force=True)
+                    save(done, force=True)
                     checkpointer.wait()
                 if bar is not None:
                     bar.close()
                 raise SystemExit(143)
         flush()
+        check_finite(bad)
     if bar is not None:
         bar.close()
     if checkpointer is not None and int(state.step) > start:
-        checkpointer.save(int(state.step), state, force=True)
+        save(int(state.step), force=True)
         checkpointer.wait()
     return state
 

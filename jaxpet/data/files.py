@@ -77,8 +77,23 @@ def read_delimited(
             raise DataFileError(path, f"malformed {_format_name(delimiter)} record: {e}",
                                 start) from None
         except UnicodeDecodeError as e:
+            # the decoder reads ahead in blocks, so `start` is not where the bad byte is
             raise DataFileError(path, f"not valid {encoding} text ({e.reason})",
-                                start) from None
+                                _undecodable_line(path, encoding) or start) from None
+
+
+def _undecodable_line(path: str, encoding: str) -> int | None:
+    """The 1-based line of the first byte that `encoding` cannot decode, or None."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder(encoding)()
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                decoder.decode(raw)
+            except UnicodeDecodeError:
+                return line_no
+    return None
 
 
 def _format_name(delimiter: str) -> str:
