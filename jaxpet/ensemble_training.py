@@ -118,20 +118,23 @@ def with_constants(loss_fn: LossFn, constants: Mapping[str, Any]) -> LossFn:
 class EnsembleTrainer:
     """Trains `num_members` members in one jitted, vmapped step; state leaves are [M, ...].
 
-    loss_fn, optimizer, param_sharding (one member's), compute_dtype and learning_rate_fn mean
-    what they mean for jaxpet.training.Trainer. Metrics come back as [M] arrays.
+    loss_fn, optimizer, param_sharding (one member's), compute_dtype, learning_rate_fn and
+    compiler_options mean what they mean for jaxpet.training.Trainer; the vmapped step compiles
+    with the member Trainer's compiler_options, so that it computes what the member's own step
+    computes (other XLA options round differently). Metrics come back as [M] arrays.
     """
 
     def __init__(self, loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh,
                  num_members: int, param_sharding: Any = None, compute_dtype: Any = jnp.float32,
                  learning_rate_fn: LearningRateFn | None = None,
-                 constant_keys: Sequence[str] = DEFAULT_CONSTANT_KEYS) -> None:
+                 constant_keys: Sequence[str] = DEFAULT_CONSTANT_KEYS,
+                 compiler_options: dict[str, Any] | None = None) -> None:
         shards = mesh.shape.get(MEMBER_AXIS, 1)
         if num_members < 1 or num_members % shards:
             raise ValueError(f"num_members={num_members} must be a positive multiple of the "
                              f"mesh's member axis size {shards}")
         self.member = Trainer(loss_fn, optimizer, mesh, param_sharding, compute_dtype,
-                              learning_rate_fn)
+                              learning_rate_fn, compiler_options=compiler_options)
         self.mesh, self.num_members = mesh, num_members
         self.constant_keys = tuple(constant_keys)
         self.member_sharding = NamedSharding(mesh, P(MEMBER_AXIS))  # [M] metrics and keys
@@ -197,7 +200,8 @@ class EnsembleTrainer:
                                                              for k in names}
             self._steps[names] = jax.jit(
                 self._step, in_shardings=(self.state_sharding, batch_shardings, member),
-                out_shardings=(self.state_sharding, member), donate_argnums=0)
+                out_shardings=(self.state_sharding, member), donate_argnums=0,
+                compiler_options=self.member.compiler_options)
         return self._steps[names](state, dict(batch), rng_M)
 
     def compiled_programs(self) -> int:
