@@ -106,6 +106,13 @@ def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
         print(f"error: {_message(error)}\n(set JAXPET_TRACEBACK=1 to see the traceback)",
               file=sys.stderr)
         return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        # Ctrl-C outside training (loading, evaluating, a second Ctrl-C): one line, no
+        # traceback; training itself stops at a step and names its checkpoint (jaxpet.training)
+        if os.environ.get("JAXPET_TRACEBACK"):
+            raise
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -165,25 +166,33 @@ class Trainer:
 
 
 class _SigtermFlag:
-    """Turns SIGTERM into a flag that the loop checks between steps (main thread only)."""
+    """Turns SIGTERM and a first SIGINT (Ctrl-C) into a flag that the loop checks between
+    steps (main thread only); a second Ctrl-C interrupts at once, as Python's default does."""
 
     def __init__(self) -> None:
         self.raised = False
-        self.previous: Any = None
+        self.signum: int | None = None
+        self.previous: dict[int, Any] = {}
 
     def __enter__(self) -> _SigtermFlag:
-        try:
-            self.previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            self.previous = None
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                break
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.raised = True
+        self.signum = self.signum or signum
+        if signum == signal.SIGINT:
+            previous = self.previous.get(signal.SIGINT) or signal.default_int_handler
+            signal.signal(signal.SIGINT, previous)
 
     def __exit__(self, *exc: Any) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, previous in self.previous.items():
+            if previous is not None:  # None: a handler not installed from Python
+                signal.signal(signum, previous)
 
 
 class StopVote:
@@ -289,7 +298,8 @@ def fit(
     resumes from its latest checkpoint, saves every `save_every` steps (0: use the
     checkpointer's own `save_every`) and at the end, all asynchronously. On SIGTERM (to any
     one process of a multi-host run) all processes agree on a step (see StopVote; checked every
-    `stop_check_every` steps), save it, wait for the write and raise SystemExit(143); running
+    `stop_check_every` steps), save it, wait for the write, print "interrupted, checkpoint at
+    step N" and raise SystemExit(143); a first Ctrl-C does the same with status 130. Running
     the same command again resumes there. A NaN or infinite loss or gradient norm raises
     NonFiniteLossError naming the first such step, `stage` (default: the checkpoint folder's
     parent) and the last good checkpoint; no checkpoint is saved after it. It is noticed with
@@ -386,7 +396,13 @@ def fit(
                     checkpointer.wait()
                 if bar is not None:
                     bar.close()
-                raise SystemExit(143)
+                if jax.process_index() == 0:
+                    # one line, not the tracebacks of every thread a KeyboardInterrupt would hit
+                    where = (f"checkpoint at step {checkpointer.latest_step()}"
+                             if checkpointer is not None else
+                             f"at step {done}, no checkpoint (checkpoint.every is 0)")
+                    print(f"interrupted, {where}", file=sys.stderr, flush=True)
+                raise SystemExit(130 if sigterm.signum == signal.SIGINT else 143)
         flush()
         check_finite(bad)
     if bar is not None:

@@ -4,9 +4,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,7 @@ from test_train_cli import build_workspace
 from jaxpet.cli import train_main
 from jaxpet.outputs import read_jsonl
 
+REPO = Path(__file__).resolve().parents[2]
 # fast settings shared by every run here: one pattern, no zero-shot pass, no distillation
 FAST = ["pet.pattern_ids=[0]", "eval.zero_shot=false", "no_distillation=true"]
 
@@ -51,8 +56,12 @@ def finished(workspace, tmp_path_factory):
     data = root / "agnews"
     shutil.copytree(workspace["data"], data)
     out = root / "out"
-    status = train_main(["--config", str(workspace["config"]), f"output_dir={out}",
-                         f"task.data_dir={data}", *FAST])
+    umask = os.umask(0o022)  # case 12 checks the files' modes against it
+    try:
+        status = train_main(["--config", str(workspace["config"]), f"output_dir={out}",
+                             f"task.data_dir={data}", *FAST])
+    finally:
+        os.umask(umask)
     assert status == 0
     return {"out": out, "data": data}
 
@@ -249,3 +258,37 @@ def test_output_dir_naming_a_file(capsys, workspace, tmp_path):
         assert status == 2 and "Traceback" not in err
         assert f"config key 'output_dir' ({out}): {path} exists and is not a folder" in err
     assert path.read_text() == "mine"
+
+
+# Case 12: written files get the umask's mode; Ctrl-C stops training with one line.
+def test_written_files_follow_the_umask(finished):
+    out = finished["out"]
+    written = ["results.json", "config.yaml", "fingerprint.json", "summary.md",
+               "p0-s0/results.json", "p0-s0/eval_logits.npy", "p0-s0/predictions.jsonl"]
+    modes = {name: oct((out / name).stat().st_mode & 0o777) for name in written}
+    assert modes == {name: oct(0o644) for name in written}  # 0666 less the run's umask 022
+
+
+@pytest.mark.slow
+def test_ctrl_c_names_the_checkpoint_without_tracebacks(workspace, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), "--config", str(workspace["config"]),
+         f"output_dir={out}", *FAST, "pet.max_steps=1000", "checkpoint.every=1"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = out / "p0-s0" / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 300
+        while not (log.exists() and len(log.read_text().splitlines()) >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, "training never started"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=180)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err[-3000:]
+    step = int(re.search(r"^interrupted, checkpoint at step (\d+)$", err, re.M).group(1))
+    steps = sorted(int(p.name) for p in (out / "p0-s0" / "checkpoints").iterdir())
+    assert step >= 2 and steps[-1] == step  # the step it names is the newest checkpoint
+    assert not (out / "p0-s0" / "results.json").exists() and not (out / "results.json").exists()
+    assert_no_partial_files(out)
