@@ -99,6 +99,28 @@ def test_search_finds_the_words_a_model_predicts_for_each_label(workspace, taugh
         assert len(scored) == 3 and scores == sorted(scores, reverse=True)
 
 
+def test_mask_log_probs_equal_pytorch_at_each_examples_mask(workspace, taught_model):
+    import torch
+
+    from jaxpet.models import load_pretrained
+    from jaxpet.petal import mask_log_probs
+
+    rows = _read_rows(workspace["data"] / "test.csv")
+    texts = [text.replace("[MASK] :", ": [MASK]", 1) if i % 2 else text  # masks move about
+             for i, text in enumerate(_pattern0_texts(rows))]
+    logits_NxV, tokenizer = _torch_mask_logits(taught_model, texts)
+    expected_NxV = torch.log_softmax(torch.as_tensor(logits_NxV), -1).numpy()
+    enc = {k: np.asarray(v) for k, v in tokenizer(texts, padding="max_length", max_length=32,
+                                                   return_tensors="np").items()}
+    enc["mask_positions"] = np.argmax(enc["input_ids"] == tokenizer.mask_token_id, 1)[:, None]
+    lm = load_pretrained(taught_model, head="mlm")
+    # 3 rows per batch: 16 rows end in a padded batch, whose extra rows must be dropped
+    got_NxV = mask_log_probs(lm, lm.params, enc, batch_size=3)
+    assert got_NxV.shape == expected_NxV.shape
+    # fp32 JAX vs PyTorch BERT: catches the wrong position, row or normalisation
+    np.testing.assert_allclose(got_NxV, expected_NxV, atol=1e-4)
+
+
 def _paper_ranking(logits_list, labels_N, num_labels, candidate_ids, num_candidates,
                    words_per_label, normalize, score):
     """The paper's procedure written out with plain loops: softmax probabilities, candidates
@@ -166,6 +188,15 @@ def test_wordpiece_filter_keeps_word_initial_words_of_two_letters():
     assert not any(w.startswith("##") for w in words)
     for word, token_id in words.items():
         assert tokenizer(word, add_special_tokens=False)["input_ids"] == [token_id]
+
+
+def test_wordpiece_filter_on_a_hand_written_vocabulary():
+    from transformers import BertTokenizer
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "play", "##ing", "##ed",
+             "a", "[unused1]", "42", "x1", "#", "i", "n", "g", "u", "s", "e", "d", "1", "[", "]"]
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=False)
+    assert candidate_words(tokenizer) == {"good": 5, "play": 6}
 
 
 def test_bpe_filter_keeps_only_space_prefixed_tokens():
