@@ -2,10 +2,9 @@
 
 # Ranking as in Schick, Schmid and Schuetze (2020): real words (a word-initial token with >= 2
 # letters), `num_candidates` per label pre-selected by summed log-likelihood, then ranked by the
-# likelihood ratio whose positive part is weighted by #negatives / #positives. Differences from
-# the paper's code: log-probabilities come from a log-softmax (a word whose probability
-# underflows keeps a finite score, not -inf), and the pattern's segments stay as PET training
-# lays them out (the paper's code joins them into one segment).
+# likelihood ratio whose positive part is weighted by #negatives / #positives. Probabilities
+# come from a log-softmax, so a word whose probability underflows keeps a finite score instead
+# of -inf, and a pattern's segments stay as PET training encodes them (not joined into one).
 
 from __future__ import annotations
 
