@@ -108,6 +108,8 @@ def _yaml_value(value: Any) -> str:
         return "{" + ", ".join(f"{k}: {_yaml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(_yaml_value(v) for v in value) + "]"
+    if isinstance(value, float) and "e" in repr(value) and "." not in repr(value):
+        return repr(value).replace("e", ".0e")  # YAML reads 1e-05 as a string, 1.0e-05 a float
     return repr(value)
 
 
@@ -163,7 +165,7 @@ def keys_markdown() -> str:
         "# Configuration reference",
         "",
         "Generated from the config dataclasses (jaxpet/config.py, jaxpet/text2text_config.py) by",
-        "`jaxpet config keys --markdown > docs/config.md` (or `make docs`); do not edit by hand.",
+        "`jaxpet config keys --markdown > docs/config.md`; do not edit by hand.",
         "",
         "A run reads `python train.py --config FILE.yaml [key=value ...]`: the defaults below,",
         "then the YAML file, then each dotted `key=value` override (e.g. `pet.max_steps=100`).",

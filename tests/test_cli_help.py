@@ -164,7 +164,9 @@ def test_tensorboard_without_tensorboardx_stops_before_the_model_loads(
         raise AssertionError("the model was loaded before the missing extra was reported")
 
     monkeypatch.setattr(jaxpet.run_setup, "load_model", no_model)
-    status = main(["train", "--config", DEMO, f"output_dir={tmp_path / 'out'}",
+    # batch sizes that the test session's 8 CPU devices divide, so only the extra can stop it
+    sizes = [f"{s}.{k}_batch_size=8" for s in ("pet", "classifier") for k in ("train", "unlabeled")]
+    status = main(["train", "--config", DEMO, f"output_dir={tmp_path / 'out'}", *sizes,
                    "logging.tensorboard=true"])
     err = capsys.readouterr().err
     assert status == 2
