@@ -338,7 +338,7 @@ def train_members(
     learning_rate_fn: LearningRateFn | None = None, pad_id: int = 0,
     checkpointer_for: Callable[[tuple[int, ...]], Any] | None = None,
     metrics_writers: Sequence[MetricsWriter | None] | None = None, log_every: int = 50,
-    progress: bool = True,
+    progress: bool = True, compiler_options: dict[str, Any] | None = None,
 ) -> list[Any]:
     """Trains every member for num_steps and returns their final params, in member order.
 
@@ -348,7 +348,8 @@ def train_members(
     group that the member axis does not divide. Member m gets the same batches in every mode
     (lengths aligned over *all* members), so all agree to float32 rounding. loss_fn reads the
     constants from the batch (make_member_pet_loss). checkpointer_for(group's member indices,
-    or (m,) one by one) gives that run's Checkpointer or None.
+    or (m,) one by one) gives that run's Checkpointer or None. compiler_options go to every
+    step's jax.jit, in every mode.
     """
     keys = tuple(sorted({k for member in members for k in member.constants}))
     aligned = aligned_batch_fn([mb.batch_fn for mb in members], [mb.constants for mb in members],
@@ -360,7 +361,8 @@ def train_members(
 
     def one_by_one(m: int) -> None:
         trainer = Trainer(with_constants(loss_fn, members[m].constants), optimizer, mesh,
-                          compute_dtype=compute_dtype, learning_rate_fn=learning_rate_fn)
+                          compute_dtype=compute_dtype, learning_rate_fn=learning_rate_fn,
+                          compiler_options=compiler_options)
 
         def member_batch(step: int) -> dict[str, np.ndarray]:
             batch = {k: v[m] for k, v in aligned(step).items() if k not in keys}
@@ -375,7 +377,7 @@ def train_members(
     def together(group: list[int]) -> None:
         trainer = EnsembleTrainer(loss_fn, optimizer, mesh, len(group),
                                   compute_dtype=compute_dtype, learning_rate_fn=learning_rate_fn,
-                                  constant_keys=keys)
+                                  constant_keys=keys, compiler_options=compiler_options)
         state = fit_ensemble(
             trainer, trainer.init([members[m].params for m in group]),
             lambda step: {k: v[group] for k, v in aligned(step).items()}, num_steps,

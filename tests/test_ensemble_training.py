@@ -24,7 +24,7 @@ from jaxpet.models.pretrained import init_model
 from jaxpet.optim import make_learning_rate_fn, make_optimizer
 from jaxpet.pet_step import make_pet_loss
 from jaxpet.sharding import make_mesh
-from jaxpet.training import Trainer, fit
+from jaxpet.training import FAST_CPU_COMPILE, Trainer, fit
 
 VOCAB, SEQ, STEPS, BATCH = 96, 24, 4, 4
 PAD, CLS, SEP, MASK = 0, 1, 2, 3
@@ -40,6 +40,9 @@ PET_KWARGS = dict(alpha=0.1, mask_token_id=MASK, vocab_size=VOCAB, max_mlm_targe
 # matrix products, data-parallel gradient reductions); after 4 Adam steps at lr 1e-3 that leaves
 # differences of a few 1e-7 relative, far below the ~1e-3 steps: equal to float32 rounding.
 RTOL, ATOL = 2e-5, 2e-6
+# Every step here, sequential or ensemble, compiles with the same fast CPU options (halves the
+# compile time that dominates these tests; equal options are what the comparison needs).
+FAST = dict(compiler_options=FAST_CPU_COMPILE)
 
 
 def _encode(n: int, labeled: bool, rng: np.random.Generator, lengths: tuple[int, int]) -> dict:
@@ -106,7 +109,7 @@ def sequential(setup):
     logs, writers = _loggers(len(SEEDS))
     for m, seed in enumerate(SEEDS):
         trainer = Trainer(make_pet_loss(lm.module.apply, VERBALIZERS[m], **PET_KWARGS), optimizer,
-                          mesh, learning_rate_fn=lr_fn)
+                          mesh, learning_rate_fn=lr_fn, **FAST)
         state = fit(trainer, trainer.init(lm.params), _batcher(m, None), STEPS, seed=seed,
                     log_every=1, progress=False, metrics_writer=writers[m])
         params.append(jax.device_get(state.params))
@@ -143,7 +146,8 @@ def test_train_members_matches_sequential_fit(setup, sequential, parallel, monke
         warnings.simplefilter("always")
         params = train_members(members, make_member_pet_loss(lm.module.apply, **PET_KWARGS),
                                optimizer, mesh, STEPS, parallel=parallel, learning_rate_fn=lr_fn,
-                               pad_id=PAD, metrics_writers=writers, log_every=1, progress=False)
+                               pad_id=PAD, metrics_writers=writers, log_every=1, progress=False,
+                               **FAST)
     fell_back = [w for w in caught if "one after another" in str(w.message)]
     assert len(fell_back) == (parallel == "auto")
     ref_params, ref_losses = sequential
@@ -159,7 +163,7 @@ def test_member_mesh_with_checkpoint_resume(setup, sequential, tmp_path):
     lm, optimizer, lr_fn = setup
     mesh = make_mesh(member=2, data=2, fsdp=2)
     trainer = EnsembleTrainer(make_member_pet_loss(lm.module.apply, **PET_KWARGS), optimizer,
-                              mesh, len(SEEDS), learning_rate_fn=lr_fn)
+                              mesh, len(SEEDS), learning_rate_fn=lr_fn, **FAST)
     batch_fns = [_batcher(m, None).global_batch for m in range(len(SEEDS))]
     logs, writers = _loggers(len(SEEDS))
     kwargs = dict(seeds=SEEDS, constants=[{"verbalizer_ids": v} for v in VERBALIZERS],
