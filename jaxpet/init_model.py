@@ -1,4 +1,4 @@
-"""`jaxpet init-model FAMILY OUT_DIR`: a random checkpoint of any family, with a tokenizer, no torch.
+"""`jaxpet init-model FAMILY OUT_DIR`: a random checkpoint of any family with a tokenizer, no torch.
 
 The tokenizer is trained with the `tokenizers` package on the built-in sentences below (which
 hold the demo's pattern and label words, so its single-token verbalizers work), wrapped in the
@@ -154,30 +154,38 @@ def _t5_config(size: str, tokenizer: Any) -> Any:
                     eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=0)
 
 
-def init_model(family: str, out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
-    """Writes a randomly initialised `family` checkpoint of `size` and its tokenizer to
-    `out_dir` (MLM head for encoders, seq2seq for T5); returns the folder."""
+def random_model(family: str, size: str = "tiny", seed: int = 0) -> Any:
+    """A randomly initialised `family` model of `size` with its tokenizer, as a
+    `jaxpet.models.LoadedModel` (MLM head for encoders, seq2seq for T5); the same arguments
+    give the same weights."""
     if family not in FAMILIES:
         raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
     if size not in ENCODER_SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(ENCODER_SIZES)}")
     import jax
 
-    from jaxpet.models import LoadedModel, save_pretrained
+    from jaxpet.models import LoadedModel
 
     tokenizer = TOKENIZERS[family]()
     if family == "t5":
         from jaxpet.models.t5 import T5, init_t5_params
 
         config = _t5_config(size, tokenizer)
-        lm = LoadedModel(T5(config), init_t5_params(config, jax.random.key(seed)), config,
-                         tokenizer)
-    else:
-        from jaxpet.models import init_model as random_model
+        return LoadedModel(T5(config), init_t5_params(config, jax.random.key(seed)), config,
+                           tokenizer)
+    from jaxpet.models import init_model as random_encoder
 
-        lm = random_model(_encoder_config(family, size, tokenizer), head="mlm", seed=seed)
-        lm.tokenizer = tokenizer
-    return save_pretrained(lm, out_dir)
+    lm = random_encoder(_encoder_config(family, size, tokenizer), head="mlm", seed=seed)
+    lm.tokenizer = tokenizer
+    return lm
+
+
+def init_model(family: str, out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
+    """Writes `random_model(family, size, seed)` and its tokenizer to `out_dir` in Hugging Face
+    layout; returns the folder."""
+    from jaxpet.models import save_pretrained
+
+    return Path(save_pretrained(random_model(family, size, seed), out_dir))
 
 
 def main(argv: Sequence[str]) -> int:

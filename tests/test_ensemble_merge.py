@@ -75,3 +75,9 @@ def test_softmax_defaults_to_temperature_one_and_is_stable_for_large_scores():
     expected_NxL = np.exp(shifted_NxL) / np.exp(shifted_NxL).sum(-1, keepdims=True)
     # float64 rounding only; an unshifted exp(1000) is inf -> NaN rows
     np.testing.assert_allclose(softmax(logits_NxL), expected_NxL, rtol=1e-12)
+
+
+def test_softmax_of_float32_scores_is_float64():
+    # Saved member logits are float32; the soft labels are computed in float64 as PET's are.
+    probs_NxL = softmax(np.array([[0.1, 0.2]], np.float32), 2.0)
+    assert probs_NxL.dtype == np.float64
