@@ -447,8 +447,9 @@ def read_yaml(path: str | os.PathLike) -> Any:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not valid UTF-8 text (byte {e.start})") from None
     if not isinstance(loaded, DictConfig):
+        kind = type(loaded).__name__.removesuffix("Config").lower()
         raise ConfigError(f"{path}, line 1: the config must be a mapping of keys (method: ..., "
-                          f"task: ...), not a {type(loaded).__name__.removesuffix('Config').lower()}")
+                          f"task: ...), not a {kind}")
     return loaded
 
 
