@@ -7,14 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jaxpet.data.sampling import eq_div
 from jaxpet.ensemble import merge_logits, softmax
-
-
-def eq_div(n: int, k: int) -> list[int]:
-    """Splits n into k integers that differ by at most one, the larger ones first."""
-    if k <= 0:
-        raise ValueError(f"cannot divide {n} into {k} parts")
-    return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
 
 def num_new_examples(num_train: int, generation: int, scale_factor: float = 5.0) -> int:

@@ -7,9 +7,9 @@ from copy import deepcopy
 import numpy as np
 import pytest
 
+from jaxpet.data.sampling import eq_div
 from jaxpet.ensemble import merge_logits, softmax
 from jaxpet.ipet import (
-    eq_div,
     examples_per_label,
     generate_train_set,
     generate_train_sets,

@@ -65,9 +65,9 @@ CASES = [
      'Ġ" ĠHe Ġran Ġ" Ġ? | <mask> Ġ. Ġ" ĠTom Ġleft . Ġ"'),
     ("rte", 3, RTE, "He ran ? | [MASK] . Tom left .", "ĠHe Ġran Ġ? | <mask> Ġ. ĠTom Ġleft ."),
     ("rte", 4, RTE, "Tom left . question : He ran . True or False ? answer : [MASK]",
-     "ĠTom Ġleft . Ġ Ġquestion : Ġ ĠHe Ġran . Ġ ĠTrue Ġor ĠFalse ? Ġanswer : <mask>"),
+     "ĠTom Ġleft . Ġquestion : Ġ ĠHe Ġran . ĠTrue Ġor ĠFalse ? Ġanswer : <mask>"),
     ("cb", 4, CB, "Tom left . question : He ran . true , false or neither ? answer : [MASK]",
-     "ĠTom Ġleft . Ġ Ġquestion : Ġ ĠHe Ġran . Ġ Ġtrue , Ġfalse Ġor Ġneither ? Ġanswer : <mask>"),
+     "ĠTom Ġleft . Ġquestion : Ġ ĠHe Ġran . Ġtrue , Ġfalse Ġor Ġneither ? Ġanswer : <mask>"),
     ("boolq", 0, BOOLQ, "Rain fell . . Question : Who left ? Answer : [MASK] .",
      "ĠRain Ġfell . Ġ. ĠQuestion : Ġ ĠWho Ġleft Ġ? ĠAnswer : Ġ <mask> Ġ."),
     ("boolq", 2, BOOLQ, "Rain fell . . Based on the previous passage , Who left ? [MASK] .",
@@ -93,7 +93,7 @@ CASES = [
      "[MASK]", "ĠRain Ġfell . ĠTom Ġleft . ĠDoes Ġbank Ġhave Ġthe Ġsame Ġmeaning Ġin Ġboth "
      "Ġsentences ? <mask>"),
     ("wic", 2, WIC, 'bank . Sense ( 1 ) ( a ) " Rain fell . " ( [MASK] ) " Tom left . "',
-     'Ġbank Ġ Ġ. ĠSense Ġ( 1 ) Ġ( a ) Ġ" ĠRain Ġfell . Ġ" Ġ( <mask> Ġ) Ġ" ĠTom Ġleft . Ġ"'),
+     'Ġbank Ġ. ĠSense Ġ( 1 ) Ġ( a ) Ġ" ĠRain Ġfell . Ġ" Ġ( <mask> Ġ) Ġ" ĠTom Ġleft . Ġ"'),
     ("copa", 0, COPA_C,
      '" the sun rose " or " rain stopped " ? Rain fell because [MASK] [MASK] [MASK] .',
      'Ġ" Ġthe Ġsun Ġrose Ġ" Ġor Ġ" Ġrain Ġstopped Ġ"? ĠRain Ġfell Ġbecause <mask> <mask> <mask> '

@@ -8,7 +8,7 @@ from tiny_tokenizers import bpe_tokenizer, wordpiece_tokenizer
 
 from jaxpet.data.example import Example
 from jaxpet.prompts import get_pvp
-from jaxpet.prompts.encoding import cut_counts, truncate_pair
+from jaxpet.prompts.encoding import cut_counts, tokenize_parts, truncate_pair
 from jaxpet.prompts.verbalizer import parse_pet_verbalizer_file
 
 
@@ -167,3 +167,20 @@ def test_mask_in_text_is_an_error():
     ex = Example("dev-9", "Good [MASK] food.", label="1")
     with pytest.raises(ValueError, match="dev-9"):
         get_pvp("yelp-polarity", 0).encode([ex], wordpiece_tokenizer(), 32)
+
+
+@pytest.mark.parametrize("part", [" question: ", "question: ", " question:", "question",
+                                  "  two spaces", "\tTab", ' . Sense (1) (a) "'])
+def test_byte_level_parts_get_a_prefix_space_only_without_leading_whitespace(part):
+    # PET's RoBERTa tokenizer prepends " " only when the part does not start with whitespace:
+    # " question: " (RTE/CB pattern 4) must not become "  question: " (an extra Ġ token)
+    tok = bpe_tokenizer()
+    expected = part if part[:1].isspace() else " " + part
+    assert tokenize_parts(tok, [part]) == [tok.encode(expected, add_special_tokens=False)]
+
+
+@pytest.mark.parametrize("part", [" question: ", "question: ", "  two spaces"])
+def test_wordpiece_parts_are_encoded_as_written(part):
+    # WordPiece splits on whitespace: leading and trailing spaces change no token
+    tok = wordpiece_tokenizer()
+    assert tokenize_parts(tok, [part]) == [tok.encode(part.strip(), add_special_tokens=False)]

@@ -34,7 +34,9 @@ def is_byte_level(tokenizer: Any) -> bool:
 def tokenize_parts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each part text on its own, as the original PET encodes parts.
 
-    No special tokens; byte-level BPE parts get a prefix space (every part starts a word).
+    No special tokens; a byte-level BPE part that does not already start with whitespace gets
+    a prefix space (every part starts a word), as the original PET's RoBERTa tokenizer
+    (`add_prefix_space=True`) does: a part such as " question: " keeps its single space.
     A part made only of masks becomes mask ids directly; other parts see the mask token text.
     """
     mask_id = tokenizer.mask_token_id
@@ -47,7 +49,7 @@ def tokenize_parts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     todo_idx: list[int] = []
     todo: list[str] = []
     index_of: dict[str, int] = {}
-    prefix = " " if is_byte_level(tokenizer) else ""
+    byte_level = is_byte_level(tokenizer)
     for i, text in enumerate(texts):
         if MASK in text and not text.replace(MASK, ""):
             out[i] = [mask_id] * text.count(MASK)
@@ -57,7 +59,8 @@ def tokenize_parts(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
             continue
         index_of[text] = len(todo)
         todo_idx.append(i)
-        todo.append(prefix + text.replace(MASK, tokenizer.mask_token or ""))
+        part = text.replace(MASK, tokenizer.mask_token or "")
+        todo.append(" " + part if byte_level and not part[:1].isspace() else part)
     ids = batch_encode(tokenizer, todo)
     for i in todo_idx:
         out[i] = ids[index_of[texts[i]]]
