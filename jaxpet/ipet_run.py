@@ -41,7 +41,7 @@ def next_generation_sets(config: Config, data: Any, generation_dir: Path,
         logits, weights, quotas, logits_percentage=settings.logits_percentage,
         reduction=config.pet.reduction,
         n_most_likely=settings.n_most_likely if generation == 0 else -1,
-        seed=config.seed + generation)
+        seed=config.seed)  # PET draws every generation's sets with the run's one seed
     for name, pseudo in sets.items():
         outputs.write_json(folder / f"{name}.json", {
             "generation": generation, "quota_per_label": quotas,

@@ -256,7 +256,7 @@ def test_ipet_two_generations(workspace, monkeypatch):
     expected = expected_ipet_sets(
         {n: np.load(out / "g0" / n / "unlabeled_logits.npy") for n in g0},
         {n: g0[n]["train_set_before_training"] for n in g0}, quotas, "wmean",
-        n_most_likely=10, seed=3)  # the run's seed + generation 0
+        n_most_likely=10, seed=3)  # the run's seed, as for every generation
     for name, pairs in expected.items():
         rows, label_ids = [r for r, _ in pairs], [y for _, y in pairs]
         saved = outputs.read_json(out / "g0" / "next-gen" / f"{name}.json")

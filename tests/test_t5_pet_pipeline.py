@@ -232,7 +232,7 @@ def test_ipet_trains_the_next_generation_on_pseudo_labeled_t5_inputs(workspace, 
     expected = expected_ipet_sets(
         {n: np.load(pet_out / n / "unlabeled_logits.npy") for n in MEMBERS},
         {n: g0[n]["train_set_before_training"] for n in MEMBERS}, quotas, "wmean",
-        n_most_likely=10, seed=3)  # the run's seed + generation 0
+        n_most_likely=10, seed=3)  # the run's seed, as for every generation
     for name in MEMBERS:
         # T plus the 8 unlabeled examples that the other member labeled, as T5 inputs
         pseudo = json.loads((out / "g0" / "next-gen" / f"{name}.json").read_text())
