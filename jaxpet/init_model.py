@@ -202,6 +202,12 @@ def main(argv: Sequence[str]) -> int:
                         help="tiny: width 32, 2 layers; small: width 128, 4 layers")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args(list(argv))
+    out = Path(args.out_dir)
+    # the checkpoint replaces the folder whole: never a folder that holds something else
+    if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+        print(f"jaxpet init-model: {out} exists and holds no model (no config.json); it would "
+              "be replaced whole. Name a new or empty folder.", file=sys.stderr)
+        return 2
     folder = init_model(args.family, args.out_dir, args.size, args.seed)
     print(f"wrote a random {args.size} {args.family} checkpoint to {folder} "
           f"(use it with model.name={folder})")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,38 +16,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _umask() -> int:
-    """The process's umask, read without changing it (os.umask would, for every thread)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path: str | os.PathLike, write_fn, binary: bool) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask)
-        os.chmod(tmp_name, 0o666 & ~_umask())
-        with os.fdopen(handle, "wb" if binary else "w", encoding=None if binary else "utf-8") as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return path
+from jaxpet.atomic import atomic_write
 
 
 def _to_builtin(value: Any) -> Any:
@@ -66,7 +34,7 @@ def _to_builtin(value: Any) -> Any:
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Atomically writes a text file."""
-    return _atomic_write(path, lambda f: f.write(text), binary=False)
+    return atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> Path:
@@ -87,7 +55,7 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Atomically writes a numpy array in .npy format."""
-    return _atomic_write(path, lambda f: np.save(f, np.asarray(array)), binary=True)
+    return atomic_write(path, lambda f: np.save(f, np.asarray(array)), binary=True)
 
 
 def member_dir(output_dir: str | os.PathLike, pattern_id: int, repetition: int) -> Path:

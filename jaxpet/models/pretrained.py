@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpet.atomic import atomic_folder
 from jaxpet.models import convert
 from jaxpet.models.config import SUPPORTED_MODEL_TYPES, EncoderConfig
 from jaxpet.models.heads import EncoderForMaskedLM, EncoderForSequenceClassification
@@ -275,18 +276,27 @@ def load_pretrained(
 
 
 def save_pretrained(lm: LoadedModel, out_dir: str | os.PathLike) -> Path:
-    """Writes config.json + model.safetensors (+ tokenizer) that transformers loads back."""
+    """Writes config.json + model.safetensors (+ tokenizer) that transformers loads back.
+
+    The folder is filled under a temporary name and renamed when complete (jaxpet.atomic), so
+    it never holds a config without its weights; an existing folder of that name is replaced.
+    """
+    with atomic_folder(out_dir) as partial:
+        write_model_files(lm, partial)
+    return Path(out_dir)
+
+
+def write_model_files(lm: LoadedModel, out: Path) -> None:
+    """The files of save_pretrained, written into the existing folder `out`."""
     from safetensors.numpy import save_file
 
-    out = Path(out_dir)
     if lm.head == "seq2seq":
         from jaxpet.models import t5_convert
 
         t5_convert.save_t5(lm, str(out))
         if lm.tokenizer is not None:
             lm.tokenizer.save_pretrained(str(out))
-        return out
-    out.mkdir(parents=True, exist_ok=True)
+        return
     config: EncoderConfig = lm.config
     hf_config = config.to_hf()
     family = _HF_CLASS_PREFIX[config.model_type]
@@ -303,4 +313,3 @@ def save_pretrained(lm: LoadedModel, out_dir: str | os.PathLike) -> Path:
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     if lm.tokenizer is not None:
         lm.tokenizer.save_pretrained(str(out))
-    return out
