@@ -47,19 +47,16 @@ def _words(lowercase: bool = False) -> list[str]:
 
 
 def bert_tokenizer() -> Any:
-    """Cased WordPiece: [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4, every corpus word whole."""
-    from tokenizers import BertWordPieceTokenizer
+    """Cased WordPiece: [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4, every corpus word whole,
+    then single characters (word-initial and '##' continuations) for any other word. Built
+    from the word list rather than trained, so the same command writes the same vocabulary."""
     from transformers import BertTokenizer
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    trainer = BertWordPieceTokenizer(lowercase=False, strip_accents=False)
-    # every word several times, so each one is merged into a single piece
-    trainer.train_from_iterator(SENTENCES * 8, vocab_size=2000, min_frequency=1,
-                                special_tokens=specials, limit_alphabet=200)
-    pieces = sorted(trainer.get_vocab().items(), key=lambda item: item[1])
-    vocab = {piece: i for i, piece in enumerate(dict.fromkeys(
-        specials + _words() + [p for p, _ in pieces]))}
-    return BertTokenizer(vocab=vocab, do_lower_case=False)
+    chars = string.ascii_letters + string.digits + string.punctuation
+    pieces = specials + _words() + list(chars) + ["##" + c for c in chars]
+    return BertTokenizer(vocab={piece: i for i, piece in enumerate(dict.fromkeys(pieces))},
+                         do_lower_case=False)
 
 
 def roberta_tokenizer() -> Any:
@@ -115,7 +112,12 @@ def t5_tokenizer(vocab_size: int = 160) -> Any:
     sp = SentencePieceUnigramTokenizer()
     sp.train_from_iterator(SENTENCES * 4, vocab_size=vocab_size,
                            special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
-    vocab = [tuple(x) for x in json.loads(sp._tokenizer.to_str())["model"]["vocab"]]
+    trained = [tuple(x) for x in json.loads(sp._tokenizer.to_str())["model"]["vocab"]]
+    # the trainer orders (and scores) tied pieces differently in every process: keep its three
+    # specials first, then the pieces by text with one score each, so that the same command
+    # writes the same vocabulary and the same segmentation
+    specials, pieces = trained[:3], sorted(piece for piece, _ in trained[3:])
+    vocab = specials + [(piece, -float(len(piece) == 1) - 1.0) for piece in pieces]
     sentinels = [f"<extra_id_{i}>" for i in range(100)]
     return T5Tokenizer(vocab=vocab + [(s, 0.0) for s in reversed(sentinels)], extra_ids=0,
                        additional_special_tokens=sentinels)

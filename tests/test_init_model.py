@@ -119,3 +119,17 @@ def test_tiny_t5_configs_run_from_init_model_with_torch_absent(tmp_path):
     # the distilled classifier is the tiny BERT that init-model wrote, in Hugging Face format
     config = json.loads((tmp_path / "pet" / "distilled" / "model" / "config.json").read_text())
     assert config["model_type"] == "bert" and config["hidden_size"] == 32
+
+
+def test_the_same_command_writes_the_same_vocabulary_in_every_process():
+    # tokenizer trainers order tied pieces differently per process; init-model must not, or
+    # a checkpoint written again would map its (same) weights to other words
+    script = ("import hashlib, json\nfrom jaxpet.init_model import TOKENIZERS\n"
+              "print(json.dumps({f: hashlib.sha256(json.dumps(sorted(t().get_vocab().items()))"
+              ".encode()).hexdigest() for f, t in TOKENIZERS.items()}))")
+    env = dict(os.environ, PYTHONHASHSEED="random")
+    runs = [json.loads(subprocess.run([sys.executable, "-c", script], env=env, check=True,
+                                      capture_output=True, text=True).stdout.splitlines()[-1])
+            for _ in range(2)]
+    assert runs[0].keys() == set(FAMILIES)
+    assert runs[0] == runs[1]
