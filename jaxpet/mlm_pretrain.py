@@ -23,6 +23,7 @@ import optax
 from jaxpet.config import Config
 from jaxpet.data.example import Example
 from jaxpet.outputs import MetricsWriter, ThroughputLog, read_json, write_json
+from jaxpet.prompts.encoding import batch_encode, cut_counts, special_layout
 
 # Top-level parameter subtree of the encoder in jaxpet's masked-LM module; everything else
 # (transform, transform_norm, bias) is the MLM head.
@@ -40,29 +41,36 @@ def encode_texts(
     """Plain-text encoding (text_a [, text_b]) padded to max_seq_length.
 
     Returns input_ids/attention_mask/token_type_ids/special_tokens_mask [N,S] and the number
-    of examples that were truncated (longest segment first, as the original PET does).
+    of examples that were truncated: tokens are cut from the end of the longer segment until
+    both are equal, then from both in turn, second segment first, as the original PET does.
+    Each segment is tokenized once on its own, so time and memory grow linearly with the text
+    (a tokenizer's own pair truncation grows quadratically with a very long pair).
     """
     if not examples:
         raise ValueError("no examples to encode")
-    # Examples with and without a second segment are tokenized as two batches.
-    groups = [[i for i, e in enumerate(examples) if e.text_b is None],
-              [i for i, e in enumerate(examples) if e.text_b is not None]]
-    arrays: dict[str, list[np.ndarray]] = {}
+    ids_a = batch_encode(tokenizer, [e.text_a for e in examples])
+    paired = [i for i, e in enumerate(examples) if e.text_b is not None]
+    ids_b: list[list[int] | None] = [None] * len(examples)
+    for i, ids in zip(paired, batch_encode(tokenizer, [examples[i].text_b for i in paired]),
+                      strict=True):
+        ids_b[i] = ids
+    layouts = {pair: special_layout(tokenizer, pair) for pair in (False, True)}
+    input_ids_NxS = np.full((len(examples), max_seq_length), tokenizer.pad_token_id, np.int32)
+    token_type_ids_NxS = np.zeros_like(input_ids_NxS)
+    attention_mask_NxS = np.zeros_like(input_ids_NxS)
     truncated = 0
-    for indices in groups:
-        if not indices:
-            continue
-        text_a = [examples[i].text_a for i in indices]
-        text_b = [examples[i].text_b for i in indices] if indices is groups[1] else None
-        full = tokenizer(text_a, text_b, truncation=False)["input_ids"]
-        truncated += sum(len(ids) > max_seq_length for ids in full)
-        enc = tokenizer(text_a, text_b, truncation="longest_first", max_length=max_seq_length,
-                        padding="max_length", return_token_type_ids=True, return_tensors="np")
-        for key in ("input_ids", "attention_mask", "token_type_ids"):
-            arrays.setdefault(key, []).append(np.asarray(enc[key], dtype=np.int32))
-    inverse = np.argsort(np.asarray(groups[0] + groups[1]))
-    out = {k: np.concatenate(v)[inverse] for k, v in arrays.items()}
-    out["special_tokens_mask"] = special_tokens_mask(out["input_ids"], tokenizer)
+    for i, (a, b) in enumerate(zip(ids_a, ids_b, strict=True)):
+        layout = layouts[b is not None]
+        excess = len(a) + len(b or ()) + layout.num_special - max_seq_length
+        truncated += excess > 0
+        cut_a, cut_b = cut_counts(len(a), len(b or ()), excess)
+        ids, types = layout.build(a[:len(a) - cut_a], None if b is None else b[:len(b) - cut_b])
+        input_ids_NxS[i, :len(ids)] = ids
+        token_type_ids_NxS[i, :len(ids)] = types
+        attention_mask_NxS[i, :len(ids)] = 1
+    out = {"input_ids": input_ids_NxS, "attention_mask": attention_mask_NxS,
+           "token_type_ids": token_type_ids_NxS}
+    out["special_tokens_mask"] = special_tokens_mask(input_ids_NxS, tokenizer)
     return out, truncated
 
 

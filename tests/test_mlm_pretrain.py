@@ -47,6 +47,67 @@ def test_encode_texts_mixes_pairs_and_singles_in_order(workspace):
     assert (arrays["special_tokens_mask"] == special).all()
 
 
+def pet_pair_truncation(ids_a: list[int], ids_b: list[int], max_tokens: int):
+    """PET's loop (transformers 3's longest_first): one token at a time from the end of the
+    longer segment, from the second one on a tie, until the pair fits."""
+    ids_a, ids_b = list(ids_a), list(ids_b)
+    while len(ids_a) + len(ids_b) > max_tokens:
+        if len(ids_a) > len(ids_b):
+            ids_a.pop()
+        else:
+            ids_b.pop()
+    return ids_a, ids_b
+
+
+def test_pair_truncation_follows_pets_loop_on_random_pairs(workspace):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(workspace["model"]))
+    words = ["the", "match", "goal", "coach", "league", "stocks", "bank", "chip", "internet"]
+    rng = np.random.default_rng(0)
+    examples = [Example(str(i), " ".join(rng.choice(words, rng.integers(1, 30))),
+                        " ".join(rng.choice(words, rng.integers(1, 30)))) for i in range(60)]
+    arrays, truncated = encode_texts(examples, tokenizer, max_seq_length=24)
+    cls, sep, pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+    num_cut = 0
+    for i, e in enumerate(examples):
+        a = tokenizer.encode(e.text_a, add_special_tokens=False)
+        b = tokenizer.encode(e.text_b, add_special_tokens=False)
+        num_cut += len(a) + len(b) + 3 > 24
+        a, b = pet_pair_truncation(a, b, 24 - 3)  # [CLS] a [SEP] b [SEP]
+        row = [cls, *a, sep, *b, sep]
+        assert arrays["input_ids"][i].tolist() == row + [pad] * (24 - len(row))
+        assert arrays["token_type_ids"][i].tolist()[:len(row)] == [0] * (len(a) + 2) + [1] * (
+            len(b) + 1)
+        assert arrays["attention_mask"][i].sum() == len(row)
+    assert truncated == num_cut > 20  # most pairs were cut, ties among them
+
+
+def test_a_very_long_pair_encodes_in_linear_memory(workspace):
+    # A 14 000-word pair: a tokenizer's own pair truncation needed about 1.2 GB for 6 000
+    # tokens and grows quadratically; one pass per segment stays near the interpreter's size.
+    import subprocess
+    import sys
+
+    script = f"""
+import resource
+from transformers import AutoTokenizer
+from jaxpet.data.example import Example
+from jaxpet.mlm_pretrain import encode_texts
+tokenizer = AutoTokenizer.from_pretrained({str(workspace["model"])!r})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+text = " ".join(["the match goal coach league"] * 1400)
+arrays, truncated = encode_texts([Example("x", text, text)], tokenizer, 32)
+assert truncated == 1 and arrays["attention_mask"].sum() == 32
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    grown_mib = int(done.stdout.split()[-1])
+    assert grown_mib < 200, f"encoding one long pair grew the process by {grown_mib} MiB"
+
+
 @pytest.mark.slow  # ~35 s on 2 shared cores
 def test_head_only_warmup_trains_head_exports_and_is_reused(workspace, tmp_path):
     from jaxpet import mlm_pretrain
