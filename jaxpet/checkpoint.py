@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import Any
 
 import jax
@@ -73,6 +74,26 @@ class Checkpointer:
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target_state
         )
         return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def restore_latest(self, target_state: Any, below: int | None = None) -> tuple[int | None, Any]:
+        """(step, state) of the newest checkpoint (before step `below`, if given) that restores.
+
+        A checkpoint that fails to restore (a truncated or missing file) is skipped with a
+        warning naming its folder, and the next older one is tried; broken folders are kept for
+        the user to inspect, never deleted. (None, target_state) when none restores.
+        """
+        for step in sorted(self.all_steps(), reverse=True):
+            if below is not None and step >= below:
+                continue
+            try:
+                return step, self.restore(step, target_state)
+            except Exception as error:  # orbax and tensorstore raise many kinds
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                warnings.warn(
+                    f"checkpoint {os.path.join(self.directory, str(step))} does not restore "
+                    f"({type(error).__name__}: {first_line[:200]}); trying an older one. The "
+                    "folder is kept; delete it once inspected.", stacklevel=2)
+        return None, target_state
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

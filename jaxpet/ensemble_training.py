@@ -263,7 +263,7 @@ def fit_ensemble(
     if checkpointer is not None:
         latest = checkpointer.latest_step()
         if latest is not None and latest > int(state.step):
-            state = checkpointer.restore(latest, state)
+            state = checkpointer.restore_latest(state)[1]
     start = int(state.step)
     save_every = save_every or getattr(checkpointer, "save_every", 0) or 0
     rng_M = jax.device_put(member_keys(seeds), trainer.member_sharding)

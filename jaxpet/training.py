@@ -318,7 +318,7 @@ def fit(
                 f"run's {num_steps} steps: it belongs to a different run (use a new output_dir "
                 "or --overwrite)")
         if latest is not None and latest > int(state.step):
-            state = checkpointer.restore(latest, state)
+            state = checkpointer.restore_latest(state)[1]
     start = int(state.step)
     if jax.process_count() > 1:
         # Hosts that disagree on the step range would hang in a collective; fail instead.
