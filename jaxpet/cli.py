@@ -76,6 +76,16 @@ def requested_method(path: str | None, overrides: Sequence[str]) -> str | None:
     return method
 
 
+def user_error_status(error: BaseException) -> int:
+    """Prints an error the user can fix in one line and returns EXIT_USER_ERROR; with
+    JAXPET_TRACEBACK=1 it re-raises instead, traceback and all."""
+    if os.environ.get("JAXPET_TRACEBACK"):
+        raise error
+    print(f"error: {_message(error)}\n(set JAXPET_TRACEBACK=1 to see the traceback)",
+          file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
 def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
     """Loads the config, runs it, prints the results table; returns the exit status."""
     args = train_parser(prog).parse_args(list(argv))
@@ -101,11 +111,7 @@ def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
 
         run(config, overwrite=args.overwrite)
     except USER_ERRORS as error:
-        if os.environ.get("JAXPET_TRACEBACK"):
-            raise
-        print(f"error: {_message(error)}\n(set JAXPET_TRACEBACK=1 to see the traceback)",
-              file=sys.stderr)
-        return EXIT_USER_ERROR
+        return user_error_status(error)
     except KeyboardInterrupt:
         # Ctrl-C outside training (loading, evaluating, a second Ctrl-C): one line, no
         # traceback; training itself stops at a step and names its checkpoint (jaxpet.training)
@@ -141,11 +147,7 @@ def petal_main(argv: Sequence[str]) -> int:
         result = petal.search(config)
         path = petal.write_outputs(result, petal.output_folder(config))
     except USER_ERRORS as error:
-        if os.environ.get("JAXPET_TRACEBACK"):
-            raise
-        print(f"error: {_message(error)}\n(set JAXPET_TRACEBACK=1 to see the traceback)",
-              file=sys.stderr)
-        return EXIT_USER_ERROR
+        return user_error_status(error)
     print(petal.summary_markdown(result))
     print(f"verbalizer: {path}  (train with task.verbalizer={path})")
     return 0
