@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxpet import outputs
+from jaxpet.atomic import atomic_write
 
 # one row: (setting, {metric: (mean, std, runs)})
 Row = tuple[str, dict[str, tuple[float, float, int]]]
@@ -126,9 +127,9 @@ def plot(results: Mapping[str, Any], path: Path) -> Path | None:
         ax.set_title(f"{results.get('task')}: {results.get('method', 'pet')}, "
                      f"{results.get('num_train')} labeled examples", fontsize=9)
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        tmp.replace(path)  # atomic, as every output of a run
+        # a temporary file of its own (every process of a multi-process run writes one), then
+        # renamed: atomic, as every output of a run
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100), binary=True)
     finally:
         plt.close(fig)
     return path
