@@ -71,8 +71,10 @@ def launch(num_processes: int, args: list[str], cache_dir: str, via_env: bool = 
     return procs
 
 
-def finish(procs: list[subprocess.Popen], expected_rc: int = 0, timeout: float = 300) -> None:
-    """Waits for every process; fails with its output when one exits with another code."""
+def finish(procs: list[subprocess.Popen], expected_rc: int = 0,
+           timeout: float = 300) -> list[str]:
+    """Waits for every process; fails with its output when one exits with another code;
+    returns each process's output."""
     outputs = []
     for proc in procs:
         try:
@@ -85,6 +87,7 @@ def finish(procs: list[subprocess.Popen], expected_rc: int = 0, timeout: float =
         assert proc.returncode == expected_rc, (
             f"process {i}: rc {proc.returncode}\n{output[-4000:]}"
         )
+    return outputs
 
 
 def tiny_config():

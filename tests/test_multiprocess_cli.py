@@ -64,17 +64,9 @@ def _launch(workspace, out: Path) -> list[subprocess.Popen]:
 
 
 def _finish(procs: list[subprocess.Popen], expected_rc: int) -> list[str]:
-    outputs = []
-    for proc in procs:
-        try:
-            outputs.append(proc.communicate(timeout=300)[0].decode(errors="replace"))
-        except subprocess.TimeoutExpired:
-            for other in procs:
-                other.kill()
-            raise
-    for i, (proc, output) in enumerate(zip(procs, outputs, strict=True)):
-        assert proc.returncode == expected_rc, (
-            f"process {i}: rc {proc.returncode}\n{output[-4000:]}")
+    """worker.finish, and no process printed a traceback (a stop must be one clean line)."""
+    outputs = worker.finish(procs, expected_rc)
+    for i, output in enumerate(outputs):
         assert "Traceback" not in output, f"process {i}:\n{output[-4000:]}"
     return outputs
 
