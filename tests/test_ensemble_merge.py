@@ -63,6 +63,7 @@ def test_bad_inputs_are_refused_with_the_whole_message(logits, kwargs, message):
         merge_logits(logits, **kwargs)
 
 
+@pytest.mark.caller_frame
 def test_the_all_zero_weights_warning_points_at_the_caller():
     with pytest.warns(UserWarning, match="^wmean: every model's weight .* unweighted mean$") as rec:
         merge_logits(np.ones((2, 1, 2)), np.zeros(2))
