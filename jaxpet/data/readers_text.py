@@ -87,12 +87,14 @@ def read_xstance(path: str, split: str, labels: Sequence[str],
     """X-Stance JSON Lines with fields label, id, question, comment, language.
 
     With `language` set, records of other languages are left out (that is the task's
-    definition: xstance-de / xstance-fr).
+    definition: xstance-de / xstance-fr). The question and comment must be JSON strings: the
+    original PET passes them to the tokenizer as they are, which fails on a number, so a record
+    with a non-string text is refused naming the file, line and field rather than converted.
     """
     examples = []
     for line, obj in read_jsonl(path):
-        fields = {k: get_field(obj, k, path, line) for k in
-                  ("label", "id", "question", "comment", "language")}
+        fields = {k: get_field(obj, k, path, line, str if k in ("question", "comment") else None)
+                  for k in ("label", "id", "question", "comment", "language")}
         if language is not None and fields["language"] != language:
             continue
         examples.append(Example(
