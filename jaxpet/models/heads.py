@@ -38,14 +38,18 @@ class EncoderForMaskedLM(nn.Module):
 
     def __call__(
         self,
-        input_ids_BxS: jax.Array,
-        attention_mask_BxS: jax.Array | None = None,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
         positions: jax.Array | None = None,
         deterministic: bool = True,
     ) -> jax.Array:
-        """Logits [B, S, V] in float32, or [B, P, V] at `positions` [B, P] only."""
-        h_BxSxD = self.encoder(input_ids_BxS, attention_mask_BxS, token_type_ids, deterministic)
+        """Logits [B, S, V] in float32, or [B, P, V] at `positions` [B, P] only.
+
+        The arguments are named as in transformers (input_ids [B, S], attention_mask [B, S],
+        token_type_ids [B, S]) so that keyword calls written for its models work here.
+        """
+        h_BxSxD = self.encoder(input_ids, attention_mask, token_type_ids, deterministic)
         # Gathering before the head skips the D x V projection at every unused position.
         h_BxPxD = h_BxSxD if positions is None else gather_positions(h_BxSxD, positions)
         # RoBERTa's LM head always uses exact GELU, whatever hidden_act says.
@@ -72,15 +76,15 @@ class EncoderForSequenceClassification(nn.Module):
 
     def __call__(
         self,
-        input_ids_BxS: jax.Array,
-        attention_mask_BxS: jax.Array | None = None,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
         token_type_ids: jax.Array | None = None,
         positions: jax.Array | None = None,
         deterministic: bool = True,
     ) -> jax.Array:
         """Logits [B, num_labels] in float32; `positions` is ignored (the head reads token 0)."""
         del positions
-        h_BxSxD = self.encoder(input_ids_BxS, attention_mask_BxS, token_type_ids, deterministic)
+        h_BxSxD = self.encoder(input_ids, attention_mask, token_type_ids, deterministic)
         first_BxD = h_BxSxD[:, 0]
         if self.config.cumsum_positions:
             first_BxD = self.dropout(first_BxD, deterministic=deterministic)
