@@ -188,3 +188,18 @@ def seq2seq_loss(
     if z_loss > 0.0:
         per_token_BxT = per_token_BxT + z_loss * jnp.square(log_z_BxT)
     return _safe_mean(per_token_BxT, valid_BxT)
+
+
+__all__ = [
+    "classification_loss",
+    "cloze_loss",
+    "distillation_loss",
+    "hinge_loss",
+    "label_logits",
+    "mlm_loss",
+    "multi_token_log_likelihood",
+    "pet_loss",
+    "seq2seq_loss",
+    "soft_classification_loss",
+    "token_log_probs",
+]

@@ -14,3 +14,5 @@ __getattr__, __dir__ = lazy_exports(
         "mask_tokens": "masking",
     },
 )
+
+__all__ = __dir__()  # the lazily exported names above

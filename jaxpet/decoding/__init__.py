@@ -14,3 +14,5 @@ __getattr__, __dir__ = lazy_exports(
         "score_targets": "seq2seq",
     },
 )
+
+__all__ = __dir__()  # the lazily exported names above

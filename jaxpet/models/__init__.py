@@ -17,3 +17,5 @@ __getattr__, __dir__ = lazy_exports(
         "save_t5": "t5_convert",
     },
 )
+
+__all__ = __dir__()  # the lazily exported names above

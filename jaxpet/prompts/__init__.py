@@ -18,3 +18,5 @@ __getattr__, __dir__ = lazy_exports(
         "encode_primed": "priming",
     },
 )
+
+__all__ = __dir__()  # the lazily exported names above
