@@ -63,9 +63,16 @@ def test_bad_inputs_are_refused_with_the_whole_message(logits, kwargs, message):
         merge_logits(logits, **kwargs)
 
 
+def test_all_zero_weights_warn_and_fall_back_to_the_unweighted_mean():
+    logits_MxNxL = np.array([[[1.0, 4.0]], [[3.0, 0.0]]])
+    with pytest.warns(UserWarning, match="^wmean: every model's weight .* unweighted mean$"):
+        merged_NxL = merge_logits(logits_MxNxL, np.zeros(2))
+    np.testing.assert_array_equal(merged_NxL, [[2.0, 2.0]])
+
+
 @pytest.mark.caller_frame
 def test_the_all_zero_weights_warning_points_at_the_caller():
-    with pytest.warns(UserWarning, match="^wmean: every model's weight .* unweighted mean$") as rec:
+    with pytest.warns(UserWarning) as rec:
         merge_logits(np.ones((2, 1, 2)), np.zeros(2))
     assert rec[0].filename == __file__  # stacklevel: the caller's line, not ensemble.py
 
