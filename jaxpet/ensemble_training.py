@@ -16,6 +16,8 @@ products may round differently, so results equal sequential training to float32 
 from __future__ import annotations
 
 import dataclasses
+import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +33,16 @@ from jax.sharding import PartitionSpec as P
 
 from jaxpet.data.batching import is_sequence_key
 from jaxpet.sharding import BATCH_AXES, process_batch_slice, replicated
-from jaxpet.training import LossFn, MetricsWriter, Trainer, TrainState, _SigtermFlag, fit
+from jaxpet.training import (
+    LossFn,
+    MetricsWriter,
+    Trainer,
+    TrainState,
+    _non_finite_error,
+    _SigtermFlag,
+    _stage_name,
+    fit,
+)
 
 MEMBER_AXIS = "member"
 DEFAULT_CONSTANT_KEYS: tuple[str, ...] = ("verbalizer_ids",)
@@ -241,17 +252,31 @@ def aligned_batch_fn(
     return batch
 
 
+def _first_bad_steps(bad_M: jax.Array, done: jax.Array, loss_M: jax.Array,
+                     grad_norm_M: jax.Array) -> jax.Array:
+    # per member, the first step (1-based) whose loss or gradient norm is not finite, -1 while
+    # all are: dispatched after every step, read only with the delayed metrics or before a
+    # checkpoint (as jaxpet.training.fit does), so the host never waits for the device for it
+    finite_M = jnp.isfinite(loss_M) & jnp.isfinite(grad_norm_M)
+    return jnp.where((bad_M < 0) & ~finite_M, done, bad_M)
+
+
 def fit_ensemble(
     trainer: EnsembleTrainer, state: TrainState, batch_fns: Sequence[BatchFn] | BatchFn,
     num_steps: int, *, seeds: Sequence[int], constants: Sequence[Mapping[str, Any]] | None = None,
     pad_id: int = 0, checkpointer: Any = None, save_every: int = 0, log_every: int = 50,
     metrics_writers: Sequence[MetricsWriter | None] | None = None, progress: bool = True,
+    stage: str | None = None,
 ) -> TrainState:
     """`jaxpet.training.fit` for M members: steps state.step .. num_steps-1 of all of them.
 
     batch_fns[m](step): member m's *global* batch (pure in its seed and step), or one function
     giving the stacked [M, ...] batch; constants[m]: e.g. {"verbalizer_ids": [L, W]}; seeds[m]:
-    its rng seed. Resume, SIGTERM (save, SystemExit(143)) and lagged logging work as in `fit`.
+    its rng seed. Resume, lagged logging, SIGTERM / a first Ctrl-C (save, "interrupted,
+    checkpoint at step N", SystemExit(143) / (130)) and the finite-loss guard work as in `fit`:
+    the first step at which any member's loss or gradient norm is not finite raises
+    NonFiniteLossError naming that step, `stage` (default: the checkpoint folder's parent) with
+    the member index(es), and the last good checkpoint; nothing is saved after it.
     """
     m_count = trainer.num_members
     if not callable(batch_fns):
@@ -262,6 +287,12 @@ def fit_ensemble(
         raise ValueError(f"fit_ensemble: {len(seeds)} seeds for {m_count} members")
     if checkpointer is not None:
         latest = checkpointer.latest_step()
+        if latest is not None and latest > num_steps:
+            # restoring it would report longer-trained members as this run's result
+            raise ValueError(
+                f"{checkpointer.directory} holds a checkpoint at step {latest}, beyond this "
+                f"run's {num_steps} steps: it belongs to a different run (use a new output_dir "
+                "or --overwrite)")
         if latest is not None and latest > int(state.step):
             state = checkpointer.restore_latest(state)[1]
     start = int(state.step)
@@ -273,14 +304,32 @@ def fit_ensemble(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_steps, initial=start, desc=f"train x{m_count}", dynamic_ncols=True)
-    pending: tuple[int, dict, int] | None = None
+    stage = stage or _stage_name(checkpointer)
+    latest_good = None if checkpointer is None else checkpointer.latest_step()
+    # replicated, so that every process reads all members' steps from its own devices
+    first_bad_steps = jax.jit(_first_bad_steps, out_shardings=replicated(trainer.mesh))
+    bad_M = jax.device_put(np.full((m_count,), -1, np.int32), replicated(trainer.mesh))
+    pending: tuple[int, dict, int, jax.Array] | None = None
     seen, last = 0, (time.perf_counter(), 0)
+
+    def check_finite(bad_then_M: jax.Array) -> None:
+        steps_M = np.asarray(bad_then_M.addressable_data(0))
+        if (steps_M >= 0).any():
+            first = int(steps_M[steps_M >= 0].min())
+            flush()  # the log shows the delayed metrics up to the non-finite step
+            if bar is not None:
+                bar.close()
+            if checkpointer is not None:
+                checkpointer.wait()  # the last good checkpoint is complete on disk
+            members = ", ".join(str(m) for m in np.flatnonzero(steps_M == first))
+            raise _non_finite_error(first, f"{stage} (member {members})", checkpointer,
+                                    latest_good)
 
     def flush() -> None:
         nonlocal pending, last
         if pending is None:
             return
-        (step, metrics, seen_then), pending = pending, None
+        (step, metrics, seen_then, bad_then_M), pending = pending, None
         host = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
         now = time.perf_counter()
         rate = (seen_then - last[1]) / max(now - last[0], 1e-9)  # examples/s of one member
@@ -290,10 +339,14 @@ def fit_ensemble(
                 writer(step, {**{k: float(v[m]) for k, v in host.items()}, "examples_per_s": rate})
         if bar is not None:
             bar.set_postfix(loss=f"{host['loss'].mean():.4f}", ex_s=f"{rate * m_count:.1f}")
+        check_finite(bad_then_M)
 
     def save(done: int, force: bool = False) -> None:
+        nonlocal latest_good
         if checkpointer is not None and (force or (save_every and done % save_every == 0)):
-            checkpointer.save(done, state, force=True)
+            check_finite(bad_M)  # never save a state that a non-finite step produced
+            if checkpointer.save(done, state, force=True):
+                latest_good = done
             if force:
                 checkpointer.wait()
 
@@ -302,18 +355,28 @@ def fit_ensemble(
             stacked = batch_fns(step)
             state, metrics = trainer.train_step(state, trainer.global_batch(stacked), rng_M)
             seen += next(v.shape[1] for k, v in stacked.items() if k not in trainer.constant_keys)
-            flush()  # the previous step's metrics: ready by now without blocking this one
             done = step + 1
+            bad_M = first_bad_steps(bad_M, np.int32(done), metrics["loss"], metrics["grad_norm"])
+            flush()  # the previous step's metrics: ready by now without blocking this one
             if log_every and (done % log_every == 0 or done == num_steps):
-                pending = (done, metrics, seen)
+                pending = (done, metrics, seen, bad_M)
             if bar is not None:
                 bar.update(1)
             save(done)
             if sigterm.raised:
                 flush()
                 save(done, force=True)
-                raise SystemExit(143)
+                if bar is not None:
+                    bar.close()
+                if jax.process_index() == 0:
+                    # one line, as `fit` prints it, instead of a KeyboardInterrupt's tracebacks
+                    where = (f"checkpoint at step {checkpointer.latest_step()}"
+                             if checkpointer is not None else
+                             f"at step {done}, no checkpoint (checkpoint.every is 0)")
+                    print(f"interrupted, {where}", file=sys.stderr, flush=True)
+                raise SystemExit(130 if sigterm.signum == signal.SIGINT else 143)
         flush()
+        check_finite(bad_M)
     if bar is not None:
         bar.close()
     if int(state.step) > start:
