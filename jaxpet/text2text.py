@@ -359,26 +359,78 @@ def load_model(config: Text2TextRunConfig) -> Any:
     return with_model_options(config, lm)
 
 
+def run_fingerprint(config: Text2TextRunConfig) -> dict[str, Any]:
+    """What determines a text2text run's results (see jaxpet.fingerprint): its config values
+    but the EXCLUDED ones, its data files, its model checkpoint's files and jaxpet's version."""
+    import dataclasses
+
+    import jaxpet
+    from jaxpet import fingerprint
+
+    values = {k: v for k, v in fingerprint._flatten(dataclasses.asdict(config)).items()
+              if not fingerprint._excluded(k)}
+    values = json.loads(json.dumps(values, default=str))  # tuples -> lists, as stored
+    values["jaxpet_version"] = jaxpet.__version__
+    section = config.text2text
+    for key in ("train_file", "eval_file"):
+        if getattr(section, key):  # check_data_files has made sure that it exists
+            path = Path(data_path(section, getattr(section, key)))
+            values[f"text2text.{key}:files/{path.name}"] = fingerprint.file_identity(path)
+    values.update(fingerprint.model_identity(config.model.name))
+    return values
+
+
+def start_folder(config: Text2TextRunConfig, out: Path, overwrite: bool) -> None:
+    """As jaxpet.pet.start_folder: stops before any work when `out` holds results of a run
+    with another fingerprint (`overwrite` deletes them instead), then stores the config and
+    its fingerprint."""
+    from jaxpet import fingerprint
+
+    current = run_fingerprint(config)
+    if overwrite:
+        if jax.process_index() == 0:
+            fingerprint.clear_folder(out)
+    else:
+        fingerprint.check_folder(out, current)
+    if jax.process_index() == 0:
+        fingerprint.write_fingerprint(out, current)
+        outputs.write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
+
+
 def run(config: Any, output_dir: str | os.PathLike | None = None, *,
-        compiler_options: dict[str, Any] | None = None) -> dict[str, Any]:
+        compiler_options: dict[str, Any] | None = None, overwrite: bool = False
+        ) -> dict[str, Any]:
     """Trains and evaluates one text-to-text model; writes and returns results.json's content.
 
     config: a `Text2TextRunConfig`, the full experiment `Config` (its `text2text` section and
     model/mesh/checkpoint/eval/logging), a mapping, or a YAML path (see load_text2text_config).
     output_dir overrides config.output_dir. A rerun in the same folder resumes training from
-    the latest checkpoint (checkpoint.every > 0) and ends with the same parameters.
+    the latest checkpoint (checkpoint.every > 0) and ends with the same parameters. As PET
+    runs do, the run locks its folder (jaxpet.run_lock) and refuses a folder that holds the
+    results of a run with another fingerprint (`overwrite` deletes them first).
     compiler_options go to the train step's jax.jit (jaxpet.training.FAST_CPU_COMPILE for quick
     CPU tests).
     """
-    from jaxpet.pet import build_mesh, check_batch_sizes, enable_compilation_cache
+    from jaxpet.pet import check_output_dir
+    from jaxpet.run_lock import RunLock
 
     start = time.perf_counter()
     config = load_text2text_config(config, output_dir=output_dir)
-    section = config.text2text
     out = Path(config.output_dir)
+    check_output_dir(out)
+    check_data_files(config.text2text)
     out.mkdir(parents=True, exist_ok=True)
-    outputs.write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
-    check_data_files(section)
+    with RunLock(out):
+        start_folder(config, out, overwrite)
+        return _run_in_folder(config, out, start, compiler_options)
+
+
+def _run_in_folder(config: Text2TextRunConfig, out: Path, start: float,
+                   compiler_options: dict[str, Any] | None) -> dict[str, Any]:
+    """run() once the output folder is locked and its fingerprint checked."""
+    from jaxpet.pet import build_mesh, check_batch_sizes, enable_compilation_cache
+
+    section = config.text2text
     enable_compilation_cache(config.compilation_cache)
     mesh = build_mesh(config)
     check_batch_sizes(mesh, {"text2text.train_batch_size": section.train_batch_size})
@@ -416,8 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description="Fine-tune and evaluate a T5 text-to-text model.")
     parser.add_argument("--config", required=True, help="experiment YAML (method: text2text)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete the results of an earlier, different run in output_dir")
     args = parser.parse_args(argv)
-    run(load_text2text_config(args.config, args.overrides))
+    run(load_text2text_config(args.config, args.overrides), overwrite=args.overwrite)
     return 0
 
 

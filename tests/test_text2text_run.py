@@ -17,6 +17,7 @@ from safetensors.numpy import load_file
 from tiny_t5 import make_t5_tokenizer, make_tiny_t5
 
 from jaxpet.config import Config, ConfigError
+from jaxpet.fingerprint import write_fingerprint
 from jaxpet.models import load_pretrained
 from jaxpet.text2text import (
     compute_metric,
@@ -26,6 +27,7 @@ from jaxpet.text2text import (
     read_records,
     render,
     run,
+    run_fingerprint,
 )
 from jaxpet.text2text_config import Text2TextConfig, load_text2text_config
 from jaxpet.training import FAST_CPU_COMPILE
@@ -95,11 +97,13 @@ def check_outputs(out: Path, results: dict) -> None:
 
 
 def check_resume(out: Path, model_dir: str, compile_cache: str, tmp_path: Path) -> None:
-    # A run killed after step 8 leaves checkpoint 8 behind; a rerun resumes from it.
+    # A run killed after step 8 leaves checkpoint 8 behind (and its fingerprint, written at its
+    # start); a rerun resumes from it.
     (tmp_path / "checkpoints").mkdir(parents=True)
     shutil.copytree(out / "checkpoints" / "8", tmp_path / "checkpoints" / "8")
     config = tiny_config(model_dir, tmp_path, "text2text.eval_file=''",
                          f"compilation_cache={compile_cache}")
+    write_fingerprint(tmp_path, run_fingerprint(config))
     run(config, compiler_options=FAST_CPU_COMPILE)
     resumed_log = [json.loads(line)["step"] for line in
                    (tmp_path / "metrics.jsonl").read_text().splitlines()]
