@@ -1,5 +1,6 @@
 """Command line: `jaxpet --config FILE.yaml [key=value ...]` runs an experiment (as train.py does);
 `jaxpet report OUT_DIR` regenerates summary.md/summary.png of a run and prints its table;
+`jaxpet predict RUN_OR_MODEL_DIR --input FILE` labels new text (jaxpet.predict);
 `jaxpet petal --config FILE [key=value ...]` finds label words (jaxpet.petal)."""
 
 from __future__ import annotations
@@ -191,6 +192,36 @@ def config_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def predict_main(argv: Sequence[str]) -> int:
+    """`jaxpet predict RUN_DIR_OR_MODEL_DIR --input FILE [--output FILE] [--batch-size N]`:
+    labels new text with a saved model or a run's final model (jaxpet.predict)."""
+    parser = argparse.ArgumentParser(
+        prog="jaxpet predict", description="Label new text with a saved model folder (e.g. "
+        "RUN/p0-s0/model) or a run folder's final model (its distilled classifier, else its "
+        "members merged as the run merged them). Writes one JSON line per input: id, label, "
+        "probs and scores keyed by label name.")
+    parser.add_argument("path", metavar="RUN_DIR_OR_MODEL_DIR")
+    parser.add_argument("--input", required=True,
+                        help="JSONL or CSV (header row) with text_a [, text_b, choices, id]; a "
+                             ".txt file or - (stdin) with one text per line; or a file in the "
+                             "task's own format")
+    parser.add_argument("--output", help="JSONL file to write (default: stdout)")
+    parser.add_argument("--batch-size", type=int, help="examples per batch (default: the "
+                                                       "run's eval.batch_size)")
+    args = parser.parse_args(list(argv))
+    if not os.environ.get("JAXPET_TRACEBACK"):
+        warnings.showwarning = _show_warning
+    try:
+        from jaxpet.predict import predict_file
+
+        count = predict_file(args.path, args.input, args.output, args.batch_size)
+    except USER_ERRORS as error:
+        return user_error_status(error)
+    if args.output:
+        print(f"{count} predictions: {args.output}", file=sys.stderr)
+    return 0
+
+
 def init_model_main(argv: Sequence[str]) -> int:
     """`jaxpet init-model FAMILY OUT_DIR`: a random tiny checkpoint with a tokenizer."""
     from jaxpet import init_model
@@ -202,6 +233,8 @@ def init_model_main(argv: Sequence[str]) -> int:
 SUBCOMMANDS = {
     "train": "train and evaluate a config: jaxpet train --config FILE.yaml [key=value ...] "
              "(as python train.py)",
+    "predict": "label new text with a saved model or a run folder's final model: jaxpet "
+               "predict RUN_OR_MODEL_DIR --input FILE [--output FILE]",
     "report": "regenerate a run folder's summary.md / summary.png and print its results table",
     "petal": "find label words for a task's patterns (PETAL) and write verbalizer.yaml",
     "config": "config show FILE.yaml [key=value ...]: the resolved config; config keys: every "
@@ -230,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return config_main(argv[1:])
     if argv[0] == "init-model":
         return init_model_main(argv[1:])
+    if argv[0] == "predict":
+        return predict_main(argv[1:])
     if argv and argv[0] == "report":
         return report_main(argv[1:])
     if argv and argv[0] == "petal":

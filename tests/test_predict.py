@@ -1,0 +1,200 @@
+"""jaxpet predict and jaxpet.predict.load: saved members, the distilled classifier and the merged
+ensemble of tiny trained runs label new text exactly as the runs' own evaluations did."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from test_train_cli import build_workspace
+
+import jaxpet.pet
+import jaxpet.training
+from jaxpet.cli import main
+from jaxpet.outputs import read_jsonl
+
+LABELS = ["1", "2", "3", "4"]
+MEMBERS = ["p0-s0", "p1-s0"]
+# Scores go through the same compiled program on the same parameters (saved and reloaded in
+# float32); a wrong pattern, verbalizer or label order moves them by far more than this.
+SCORE_TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile():
+    """The pipeline's train steps compile with FAST_CPU_COMPILE (halves CPU compile times)."""
+    original = jaxpet.training.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        if kwargs.get("compiler_options") is None:
+            kwargs["compiler_options"] = jaxpet.training.FAST_CPU_COMPILE
+        original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jaxpet.training.Trainer, "__init__", init)
+        yield
+
+
+def softmax_np(scores_NxL: np.ndarray) -> np.ndarray:
+    shifted = np.asarray(scores_NxL, np.float64) - np.max(scores_NxL, axis=-1, keepdims=True)
+    return np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+
+
+def run_and_save(config, base_model: Path, head: str = "mlm") -> Path:
+    """Runs `config`; every member that the pipeline did not save itself is saved from the
+    parameters its training returned (jaxpet.saved_model.write_model, as the pipeline does)."""
+    from jaxpet.config import to_dict
+    from jaxpet.models import load_pretrained
+    from jaxpet.multitoken_pet import needs_multi_token
+    from jaxpet.prompts import get_pvp
+    from jaxpet.saved_model import ModelCard, is_saved_model, write_card, write_model
+
+    trained: dict[str, object] = {}
+    original = jaxpet.pet.train
+
+    def spy(config, settings, loss_fn, params, groups, mesh, folder, seed):
+        params, seconds = original(config, settings, loss_fn, params, groups, mesh, folder, seed)
+        trained[folder.name] = jax.device_get(params)
+        return params, seconds
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jaxpet.pet, "train", spy)
+        jaxpet.pet.run(config)
+    out = Path(config.output_dir)
+    from jaxpet.data.tasks import get_task
+
+    lm = load_pretrained(str(base_model), head=head)
+    labels = list(get_task(config.task.name).labels)
+    for name, params in trained.items():
+        if name == "distilled":
+            if not is_saved_model(out / name / "model"):
+                write_card(out / name / "model", ModelCard(
+                    "classifier", config.task.name, labels, config.classifier.max_seq_length,
+                    "encoder", member="distilled", config=to_dict(config)))
+            continue
+        folder = out / name / "model"
+        if is_saved_model(folder):
+            continue
+        pattern_id = int(name[1:].split("-")[0])
+        pvp = get_pvp(config.task.name, pattern_id)
+        multi = lm.head != "seq2seq" and needs_multi_token(pvp, lm.tokenizer)
+        scorer = "seq2seq" if lm.head == "seq2seq" else "candidates" if multi else "cloze"
+        write_model(folder, dataclasses.replace(lm, params=params), ModelCard(
+            scorer, config.task.name, labels, config.pet.max_seq_length, lm.head,
+            pattern_id=pattern_id, decoding=config.pet.decoding_strategy if multi else None,
+            member=name, config=to_dict(config)))
+    return out
+
+
+def eval_examples(config) -> list:
+    """The run's evaluation texts, without their labels (new text to the predictor)."""
+    from jaxpet.run_setup import load_task_data
+
+    return [dataclasses.replace(e, label=None) for e in load_task_data(config).eval]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return build_workspace(tmp_path_factory.mktemp("predict"))
+
+
+@pytest.fixture(scope="module")
+def pet_run(workspace):
+    """A PET run (two patterns, three steps each) distilled into a classifier."""
+    from jaxpet.config import load_config
+
+    config = load_config(workspace["config"], ["eval.zero_shot=false", "pet.learning_rate=1e-2",
+                                               "classifier.unlabeled_batch_size=8"])
+    return run_and_save(config, workspace["model"]), config
+
+
+@pytest.mark.parametrize("member", MEMBERS)
+def test_a_member_folder_labels_as_the_run_evaluated_it(pet_run, member):
+    from jaxpet.predict import load
+
+    out, config = pet_run
+    predictor = load(out / member / "model")
+    assert predictor.labels == LABELS and predictor.source == "model"
+    labels, probs_NxL = predictor.predict(eval_examples(config))
+    expected_NxL = np.load(out / member / "eval_logits.npy")
+    np.testing.assert_allclose(predictor.scores(eval_examples(config)), expected_NxL,
+                               **SCORE_TOL)
+    assert labels == [r["label"] for r in read_jsonl(out / member / "predictions.jsonl")]
+    np.testing.assert_allclose(probs_NxL, softmax_np(expected_NxL), **SCORE_TOL)
+
+
+def test_the_patterns_score_differently(pet_run):
+    """The round trips above compare like with like: the members' own scores differ."""
+    out, _ = pet_run
+    p0, p1 = (np.load(out / m / "eval_logits.npy") for m in MEMBERS)
+    assert np.abs(p0 - p1).max() > 100 * SCORE_TOL["atol"]
+
+
+def test_a_run_folder_uses_its_distilled_classifier(pet_run):
+    from jaxpet.predict import load
+
+    out, config = pet_run
+    predictor = load(out)
+    assert predictor.source == "distilled" and predictor.labels == LABELS
+    labels, probs_NxL = predictor.predict(eval_examples(config))
+    expected_NxL = np.load(out / "distilled" / "eval_logits.npy")
+    np.testing.assert_allclose(softmax_np(expected_NxL), probs_NxL, **SCORE_TOL)
+    assert labels == [r["label"] for r in read_jsonl(out / "distilled" / "predictions.jsonl")]
+
+
+def ensemble_view(out: Path, folder: Path) -> Path:
+    """The run folder without its distilled model: its final model is the merged ensemble."""
+    folder.mkdir()
+    for name in MEMBERS:
+        (folder / name).symlink_to(out / name, target_is_directory=True)
+    return folder
+
+
+def test_a_run_folder_without_distillation_merges_its_members(pet_run, tmp_path):
+    from jaxpet.predict import load
+
+    out, config = pet_run
+    predictor = load(ensemble_view(out, tmp_path / "run"))
+    assert predictor.source == "ensemble" and len(predictor.scorers) == 2
+    merged = json.loads((out / "ensemble" / "results.json").read_text())
+    # PET's wmean: each member weighted by its labeled-set accuracy before training
+    weights = [json.loads((out / m / "results.json").read_text())["train_set_before_training"]
+               for m in MEMBERS]
+    assert merged["weights"] == weights and predictor.weights_M.tolist() == weights
+    labels, probs_NxL = predictor.predict(eval_examples(config))
+    expected_NxL = np.load(out / "ensemble" / "eval_logits.npy")
+    np.testing.assert_allclose(predictor.scores(eval_examples(config)), expected_NxL,
+                               **SCORE_TOL)
+    np.testing.assert_allclose(probs_NxL, softmax_np(expected_NxL), **SCORE_TOL)
+    assert labels == [r["label"] for r in read_jsonl(out / "ensemble" / "predictions.jsonl")]
+
+
+def test_batches_share_one_compiled_program(pet_run):
+    from jaxpet.predict import load
+
+    out, config = pet_run
+    lowered: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(kwargs.get("fun_name", ""))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    predictor = load(out / "p0-s0" / "model", batch_size=2)
+    examples = eval_examples(config)  # 16 texts: 8 batches of 2
+    start = len(lowered)
+    scores_NxL = predictor.scores(examples)
+    assert lowered[start:].count("jit(label_logits_fn)") == 1, lowered[start:]
+    again = len(lowered)
+    predictor.scores(examples[:5])  # another call, a padded last batch: nothing new
+    assert lowered[again:].count("jit(label_logits_fn)") == 0, lowered[again:]
+    # batches of 2, the run's of 8: another program, the same numbers up to float32 rounding
+    np.testing.assert_allclose(scores_NxL, np.load(out / "p0-s0" / "eval_logits.npy"),
+                               **SCORE_TOL)
