@@ -198,3 +198,140 @@ def test_batches_share_one_compiled_program(pet_run):
     # batches of 2, the run's of 8: another program, the same numbers up to float32 rounding
     np.testing.assert_allclose(scores_NxL, np.load(out / "p0-s0" / "eval_logits.npy"),
                                **SCORE_TOL)
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str, str]:
+    status = main(["predict", *map(str, argv)])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _records(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def _check_output(records: list[dict], folder: Path, ids: list[str]) -> None:
+    """CLI records against the member's own evaluation: ids, labels, scores and probs."""
+    expected_NxL = np.load(folder / "eval_logits.npy")
+    assert [r["id"] for r in records] == ids
+    assert [r["label"] for r in records] == [
+        r["label"] for r in read_jsonl(folder / "predictions.jsonl")]
+    for key, expected in (("scores", expected_NxL), ("probs", softmax_np(expected_NxL))):
+        got_NxL = np.array([[r[key][name] for name in LABELS] for r in records])
+        np.testing.assert_allclose(got_NxL, expected, **SCORE_TOL)
+
+
+@pytest.fixture(scope="module")
+def eval_records(pet_run) -> list[dict]:
+    _, config = pet_run
+    return [{"id": f"news-{i}", "text_a": e.text_a, "text_b": e.text_b}
+            for i, e in enumerate(eval_examples(config))]
+
+
+def test_cli_jsonl_to_an_output_file(pet_run, eval_records, tmp_path, capsys):
+    out, _ = pet_run
+    source = tmp_path / "news.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in eval_records))
+    status, printed, errors = _cli([out / "p1-s0" / "model", "--input", source,
+                                    "--output", tmp_path / "labels.jsonl", "--batch-size", 4],
+                                   capsys)
+    assert status == 0, errors
+    assert printed == "" and f"16 predictions: {tmp_path / 'labels.jsonl'}" in errors
+    _check_output(read_jsonl(tmp_path / "labels.jsonl"), out / "p1-s0",
+                  [r["id"] for r in eval_records])
+
+
+def test_cli_csv_and_the_task_file_to_stdout(pet_run, eval_records, workspace, tmp_path,
+                                             capsys):
+    import csv
+
+    out, _ = pet_run
+    source = tmp_path / "news.csv"
+    with open(source, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["text_b", "id", "text_a"])  # columns in any order
+        writer.writeheader()
+        writer.writerows(eval_records)
+    status, printed, errors = _cli([out / "p0-s0" / "model", "--input", source], capsys)
+    assert status == 0, errors
+    _check_output(_records(printed), out / "p0-s0", [r["id"] for r in eval_records])
+    # AG News' own test.csv (no header, label first): read by the task's reader
+    status, printed, errors = _cli([out / "p0-s0" / "model", "--input",
+                                    workspace["data"] / "test.csv"], capsys)
+    assert status == 0, errors
+    _check_output(_records(printed), out / "p0-s0", [f"test-{i}" for i in range(16)])
+
+
+def test_cli_stdin_lines_are_texts(pet_run, eval_records, monkeypatch, tmp_path, capsys):
+    out, _ = pet_run
+    lines = [r["text_a"] for r in eval_records[:5]]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(
+        ("\n".join(lines) + "\n").encode())))
+    status, printed, errors = _cli([out / "p0-s0" / "model", "--input", "-"], capsys)
+    assert status == 0, errors
+    from_stdin = _records(printed)
+    assert [r["id"] for r in from_stdin] == ["1", "2", "3", "4", "5"]  # line numbers
+    # the same texts as text_a alone in a JSONL file: the same scores
+    source = tmp_path / "single.jsonl"
+    source.write_text("".join(json.dumps({"text_a": t}) + "\n" for t in lines))
+    status, printed, errors = _cli([out / "p0-s0" / "model", "--input", source], capsys)
+    assert status == 0, errors
+    assert [r["scores"] for r in _records(printed)] == [r["scores"] for r in from_stdin]
+    # and not those of the full pairs (text_b is part of the pattern)
+    assert [r["scores"]["1"] for r in from_stdin] != pytest.approx(
+        np.load(out / "p0-s0" / "eval_logits.npy")[:5, 0].tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("cols.csv", b"text,label\nsome news,1\n",
+     r"cols\.csv:1: no 'text_a' column \(has \['text', 'label'\]\)"),
+    ("keys.jsonl", b'{"text": "some news"}\n',
+     r"keys\.jsonl:1: no 'text_a' column \(has \['text'\]\)"),
+    ("types.jsonl", b'{"text_a": "news"}\n{"text_a": 7}\n',
+     r"types\.jsonl:2: text_a must be a string, got 7"),
+    ("rows.csv", b"id,text_a\n1,news\n2,more,news\n", r"rows\.csv:3: 3 columns, the header has 2"),
+    ("empty.jsonl", b" \n\n", r"empty\.jsonl: the file is empty"),
+    ("latin1.csv", b"id,text_a\n1,news\n2,caf\xe9\n", r"latin1\.csv:3: not valid UTF-8"),
+    ("header.csv", b"id,text_a\n", r"header\.csv: only a header, no rows"),
+])
+def test_cli_bad_input_is_one_line_naming_file_and_line(pet_run, tmp_path, capsys, name,
+                                                       content, message):
+    import re
+
+    out, _ = pet_run
+    (tmp_path / name).write_bytes(content)
+    status, printed, errors = _cli([out / "p0-s0" / "model", "--input", tmp_path / name],
+                                   capsys)
+    assert status == 2 and printed == ""
+    assert errors.startswith("error: ") and "Traceback" not in errors
+    assert re.search(message, errors.splitlines()[0]), errors
+
+
+def test_cli_a_folder_that_is_no_model_nor_run(pet_run, tmp_path, capsys):
+    out, _ = pet_run
+    (tmp_path / "in.txt").write_text("some news\n")
+    for folder, why in ((tmp_path, "holds no jaxpet.json"), (tmp_path / "nope", "does not exist"),
+                        (tmp_path / "in.txt", "is not a folder")):
+        status, _, errors = _cli([folder, "--input", tmp_path / "in.txt"], capsys)
+        assert status == 2
+        assert f"{folder}: neither a saved model folder nor a run folder" in errors, errors
+        assert why in errors
+    status, _, errors = _cli([out / "p0-s0" / "model", "--input", tmp_path / "missing.csv"],
+                             capsys)
+    assert status == 2 and f"{tmp_path / 'missing.csv'}: input file not found" in errors
+
+
+def test_over_long_text_is_truncated_with_one_warning(pet_run, eval_records, tmp_path,
+                                                      capsys):
+    out, _ = pet_run
+    long_text = " ".join([eval_records[0]["text_a"]] * 20)  # ~80 words, max_seq_length 32
+    source = tmp_path / "long.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "a", "text_a": long_text}, {"id": "b", "text_a": "world news"},
+        {"id": "c", "text_a": long_text, "text_b": long_text}]))
+    status, printed, errors = _cli([out / "p0-s0" / "model", "--input", source], capsys)
+    assert status == 0, errors
+    assert len(_records(printed)) == 3
+    warned = [line for line in errors.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1, errors
+    assert "2 of 3 inputs have more tokens than the model's max_seq_length=32" in warned[0]
+    assert "id 'a'" in warned[0]
