@@ -224,3 +224,25 @@ def test_distillation_default_temperature_is_pets_two():
     # float32 rounding; T = 1 or 3 changes the value by > 10%
     np.testing.assert_allclose(losses.distillation_loss(student_BxL, teacher_BxL), expected,
                                rtol=1e-5)
+
+
+def test_fractional_weights_give_the_weighted_mean_even_when_they_sum_below_one():
+    student_BxL = RNG.normal(size=(2, 3)).astype(np.float32)
+    teacher_BxL = RNG.normal(size=(2, 3)).astype(np.float32)
+    weights_B = np.array([0.25, 0.125], np.float32)
+    q_log, p_log = _log_softmax(teacher_BxL / 2.0), _log_softmax(student_BxL / 2.0)
+    kl_B = (np.exp(q_log) * (q_log - p_log)).sum(-1)
+    expected = (weights_B * kl_B).sum() / weights_B.sum() * 4.0
+    # float32 rounding; dividing by max(sum, 1) instead of the sum would scale it by 0.375
+    np.testing.assert_allclose(
+        losses.distillation_loss(student_BxL, teacher_BxL, weights_B=weights_B), expected,
+        rtol=1e-5)
+
+
+def test_a_row_with_weight_zero_cannot_poison_the_mean_even_when_it_is_nan():
+    # Padding rows of a static-shape batch may hold garbage; weight 0 must mean "not there".
+    logits_BxL = np.array([[0.5, -1.0, 2.0], [np.nan, np.nan, np.nan]], np.float32)
+    got = losses.classification_loss(logits_BxL, np.array([2, 0]), np.array([1.0, 0.0]))
+    lp = _log_softmax(logits_BxL[:1])
+    # float32 rounding; a NaN row let through makes the whole loss NaN
+    np.testing.assert_allclose(got, -lp[0, 2], rtol=1e-6)
