@@ -30,6 +30,12 @@ TENSORBOARD_MISSING = ("config key 'logging.tensorboard' is true but tensorboard
                        "logging.tensorboard=false)")
 
 
+# task.hf_dataset is an optional feature: the extra that provides it
+DATASETS_MISSING = ("config key 'task.hf_dataset' is set but the datasets package is not "
+                    "installed: pip install jaxpet[datasets] (or read the task's files from "
+                    "task.data_dir)")
+
+
 class ConfigError(ValueError):
     """A user error in a config file or a command-line override; the message names the key."""
 
@@ -39,7 +45,8 @@ class TaskConfig:
     """Which task, where its data lives and how many examples of each split to use."""
 
     name: str = MISSING  # registered task name, e.g. "agnews", "rte", "multirc"
-    data_dir: str = MISSING  # folder with the task's files (train.csv, test.csv, ...)
+    # folder with the task's files (train.csv, test.csv, ...); not needed with task.hf_dataset
+    data_dir: str = MISSING
     train_examples: int = -1  # labeled training examples; -1 = all
     test_examples: int = -1  # evaluation examples; -1 = all
     unlabeled_examples: int = -1  # unlabeled examples (MLM auxiliary loss, distillation); -1 = all
@@ -55,6 +62,11 @@ class TaskConfig:
     # {pattern_id: {label: words}} as `jaxpet petal` writes, or PET's text format) whose words
     # replace any task's own (several words per label: the mean of their logits)
     verbalizer: Optional[Any] = None  # noqa: UP045
+    # read the splits from a Hugging Face dataset instead of data_dir's files (needs
+    # jaxpet[datasets]; README "Data from Hugging Face datasets"): {path: hub name or a
+    # save_to_disk folder, name: hub config, splits: {train: ..., dev: ..., test: ...,
+    # unlabeled: ...}, columns: {text_a: ..., text_b: ..., label: ..., guid: ...}}
+    hf_dataset: Optional[dict[str, Any]] = None  # noqa: UP045
 
 
 @dataclass
@@ -387,11 +399,11 @@ def validate(config: Config) -> None:
         for name in ("repetitions", "max_seq_length", "train_batch_size", "accumulation_steps"):
             if getattr(training, name) < 1:
                 raise ConfigError(f"config key '{section}.{name}' must be >= 1")
-        # pet.max_steps 0: zero-shot members, evaluated without training
-        zero_ok = section == "pet"
-        if (training.max_steps == 0 and not zero_ok) or (
-                training.max_steps < 0 and training.num_train_epochs < 1):
-            raise ConfigError(f"config key '{section}.max_steps' must be > 0, or -1 with epochs")
+        # max_steps 0: evaluate the model as it is (pet: zero-shot members; classifier: the
+        # checkpoint's classifier, untrained)
+        if training.max_steps < 0 and training.num_train_epochs < 1:
+            raise ConfigError(f"config key '{section}.max_steps' must be >= 0 (0 = evaluate "
+                              "without training), or -1 with num_train_epochs >= 1")
     _check_choice(config.pet.reduction, REDUCTIONS, "pet.reduction")
     ipet = config.ipet
     if config.method == "ipet":
@@ -414,6 +426,11 @@ def validate(config: Config) -> None:
                       "pet.alpha=1e-4 here)", stacklevel=2)
     if config.logging.tensorboard:
         require_tensorboard()
+    if config.task.hf_dataset is not None:
+        if not isinstance(config.task.hf_dataset, dict):
+            raise ConfigError("config key 'task.hf_dataset' must be a mapping {path: ..., "
+                              f"columns: ...}}, got {config.task.hf_dataset!r}")
+        require_datasets()
     _check_choice(config.petal.score, ("llr", "ce"), "petal.score")
     for name in ("words_per_label", "num_candidates", "max_words"):
         if getattr(config.petal, name) < (1 if name == "words_per_label" else 0):
@@ -431,6 +448,14 @@ def require_tensorboard() -> None:
         import tensorboardX  # noqa: F401
     except ImportError:
         raise ConfigError(TENSORBOARD_MISSING) from None
+
+
+def require_datasets() -> None:
+    """ConfigError saying how to install `datasets` (task.hf_dataset), before any model loads."""
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        raise ConfigError(DATASETS_MISSING) from None
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
@@ -472,6 +497,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
     if path is not None:
         merged = merge_config(merged, read_yaml(path), str(path))
     merged = apply_overrides(merged, list(overrides))
+    if merged.task.hf_dataset is not None and OmegaConf.is_missing(merged.task, "data_dir"):
+        merged.task.data_dir = ""  # the splits come from task.hf_dataset, not from files
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         where = f" in {path}" if path else ""
