@@ -87,6 +87,18 @@ def classifier_model(config: Config, num_labels: int, encoder_params: Any = None
     return lm, params
 
 
+def fit_classifier(config: Config, loss_fn: Any, params: Any, groups: dict, mesh: Any,
+                   folder: Path, seed: int) -> tuple[Any, float]:
+    """jaxpet.pet.train with the classifier settings; `classifier.max_steps` 0 trains nothing
+    (no optimizer, no checkpoints) and returns `params` as they are, to be evaluated."""
+    from jaxpet.pet import train
+
+    if config.classifier.max_steps == 0:
+        print(f"{folder.name}: classifier.max_steps is 0, evaluating the classifier untrained")
+        return params, 0.0
+    return train(config, config.classifier, loss_fn, params, groups, mesh, folder, seed)
+
+
 def run_classifier(config: Config, data: Any, mesh: Any, out: Path,
                    encoder_params: Any = None) -> dict[str, Any]:
     """Supervised sequence classifier(s) on the labeled set; one folder `sc-s{S}` each."""
@@ -96,7 +108,6 @@ def run_classifier(config: Config, data: Any, mesh: Any, out: Path,
         evaluate_logits,
         label_indices,
         predict_logits,
-        train,
         write_predictions,
     )
     from jaxpet.pet_step import make_classifier_logits_fn, make_classifier_loss
@@ -118,9 +129,9 @@ def run_classifier(config: Config, data: Any, mesh: Any, out: Path,
             members[folder.name] = outputs.read_json(folder / "results.json")
             continue
         print(f"{folder.name}: training the sequence classifier, seed {seed}")
-        trained, seconds = train(config, settings, loss_fn, params,
-                                 {"": (train_arrays, settings.train_batch_size, seed)},
-                                 mesh, folder, seed)
+        trained, seconds = fit_classifier(
+            config, loss_fn, params, {"": (train_arrays, settings.train_batch_size, seed)},
+            mesh, folder, seed)
         eval_logits = predict_logits(config, logits_fn, trained, eval_arrays, mesh)
         write_predictions(folder, "eval", data.eval, data.labels, eval_logits)
         members[folder.name] = {
@@ -177,7 +188,6 @@ def distill(config: Config, data: Any, mesh: Any, out: Path, teacher_NxL: np.nda
         check_batch_sizes,
         evaluate_logits,
         predict_logits,
-        train,
         write_predictions,
     )
     from jaxpet.pet_step import make_classifier_logits_fn, make_classifier_loss
@@ -205,9 +215,9 @@ def distill(config: Config, data: Any, mesh: Any, out: Path, teacher_NxL: np.nda
     seed = config.seed
     print(f"{folder.name}: distilling the ensemble into a sequence classifier on "
           f"{len(data.unlabeled)} unlabeled examples (T = {settings.temperature})")
-    trained, seconds = train(config, settings, loss_fn, params,
-                             {"": (arrays, settings.unlabeled_batch_size, seed)}, mesh, folder,
-                             seed)
+    trained, seconds = fit_classifier(
+        config, loss_fn, params, {"": (arrays, settings.unlabeled_batch_size, seed)}, mesh,
+        folder, seed)
     trained = jax.device_get(trained)
     eval_logits = predict_logits(config, logits_fn, trained, eval_arrays, mesh)
     write_predictions(folder, "eval", data.eval, data.labels, eval_logits)
