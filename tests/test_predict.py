@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +24,9 @@ MEMBERS = ["p0-s0", "p1-s0"]
 # Scores go through the same compiled program on the same parameters (saved and reloaded in
 # float32); a wrong pattern, verbalizer or label order moves them by far more than this.
 SCORE_TOL = dict(rtol=1e-5, atol=1e-5)
+# Multi-token scores (sums of log p near -10) from the run's own program: only float32
+# rounding may differ; ltr vs max_first decoding differs by 1e-4 on the tiny COPA members.
+EXACT_TOL = dict(rtol=0, atol=2e-5)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -335,3 +337,96 @@ def test_over_long_text_is_truncated_with_one_warning(pet_run, eval_records, tmp
     assert len(warned) == 1, errors
     assert "2 of 3 inputs have more tokens than the model's max_seq_length=32" in warned[0]
     assert "id 'a'" in warned[0]
+
+
+@pytest.fixture(scope="module")
+def copa_run(tmp_path_factory):
+    """A COPA run (multi-token answers, two patterns, two steps, ltr decoding: not the
+    default) reported as the merged ensemble, without distillation."""
+    import torch
+    from test_multitoken_pet import COPA, _copa_records, _vocab, _write_jsonl
+    from tiny_models import tiny_hf_config
+    from transformers import BertForMaskedLM, BertTokenizer
+
+    from jaxpet.config import load_config
+
+    root = tmp_path_factory.mktemp("predict_copa")
+    (root / "copa").mkdir()
+    _write_jsonl(root / "copa" / "train.jsonl", _copa_records(COPA, 2))
+    _write_jsonl(root / "copa" / "val.jsonl", _copa_records(COPA[:4], 3))
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(_vocab())})
+    torch.manual_seed(0)
+    BertForMaskedLM(tiny_hf_config("bert", len(tokenizer), tokenizer)).save_pretrained(
+        str(root / "tiny-bert"))
+    tokenizer.save_pretrained(str(root / "tiny-bert"))
+    (root / "copa.yaml").write_text(f"""\
+method: pet
+output_dir: {root / "out"}
+seed: 1
+no_distillation: true
+compilation_cache: ""
+task: {{name: copa, data_dir: {root / "copa"}, unlabeled_examples: 0}}
+model: {{name: {root / "tiny-bert"}}}
+pet: {{pattern_ids: [0, 1], repetitions: 1, max_seq_length: 32, train_batch_size: 8,
+      max_steps: 2, learning_rate: 1e-2, decoding_strategy: ltr}}
+eval: {{batch_size: 8, zero_shot: false}}
+mesh: {{data: 1}}
+logging: {{progress: false, every: 1}}
+""")
+    config = load_config(root / "copa.yaml")
+    return run_and_save(config, root / "tiny-bert"), config
+
+
+@pytest.fixture(scope="module")
+def copa_predictor(copa_run):
+    from jaxpet.predict import load
+
+    out, _ = copa_run
+    return load(out)
+
+
+@pytest.mark.slow
+def test_multi_token_members_and_ensemble_decode_as_the_run(copa_run, copa_predictor, tmp_path,
+                                                            capsys):
+    from jaxpet.saved_model import read_card
+
+    out, config = copa_run
+    assert read_card(out / "p0-s0" / "model").decoding == "ltr"
+    examples = eval_examples(config)
+    assert copa_predictor.source == "ensemble"
+    for member, scorer in zip(("p0-s0", "p1-s0"), copa_predictor.scorers, strict=True):
+        assert scorer.card.scorer == "candidates" and scorer.folder == out / member / "model"
+        np.testing.assert_allclose(scorer.scores(examples),
+                                   np.load(out / member / "eval_logits.npy"), **EXACT_TOL)
+    labels, probs_NxC = copa_predictor.predict(examples)
+    expected_NxC = np.load(out / "ensemble" / "eval_logits.npy")
+    assert labels == [r["label"] for r in read_jsonl(out / "ensemble" / "predictions.jsonl")]
+    np.testing.assert_allclose(probs_NxC, softmax_np(expected_NxC), **SCORE_TOL)
+    # the CLI with choices (and the premise's question as an extra field)
+    source = tmp_path / "copa.jsonl"
+    source.write_text("".join(json.dumps({
+        "text_a": e.text_a, "choices": [e.meta["choice1"], e.meta["choice2"]],
+        "question": e.meta["question"]}) + "\n" for e in examples))
+    status, printed, errors = _cli([out / "p0-s0" / "model", "--input", source], capsys)
+    assert status == 0, errors
+    got_NxC = np.array([[r["scores"][c] for c in ("0", "1")] for r in _records(printed)])
+    np.testing.assert_allclose(got_NxC, np.load(out / "p0-s0" / "eval_logits.npy"),
+                               **EXACT_TOL)
+    # without the choices COPA cannot be scored: one line naming the input and the example
+    source.write_text(json.dumps({"text_a": "The sun rose.", "question": "effect"}) + "\n")
+    status, _, errors = _cli([out / "p0-s0" / "model", "--input", source], capsys)
+    assert status == 2
+    assert f"{source}: example '1' lacks meta field 'choice1'" in errors, errors
+
+
+@pytest.mark.slow
+def test_the_decoding_strategy_is_the_cards(copa_run, copa_predictor):
+    """The default max_first gives other scores than the card's ltr on these members, by more
+    than EXACT_TOL: the round trip above catches a predictor that ignores the card."""
+    out, config = copa_run
+    scorer = dataclasses.replace(copa_predictor.scorers[0], fn=None)
+    scorer.config = dataclasses.replace(scorer.config, pet=dataclasses.replace(
+        scorer.config.pet, decoding_strategy="max_first"))
+    other_NxC = scorer.scores(eval_examples(config))
+    assert np.abs(other_NxC - np.load(out / "p0-s0" / "eval_logits.npy")).max() > 5 * EXACT_TOL[
+        "atol"]
