@@ -17,9 +17,10 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-METHODS = ("pet", "ipet", "sequence_classifier", "mlm_pretrain")
+METHODS = ("pet", "ipet", "sequence_classifier", "mlm_pretrain", "evaluate")
 EVAL_SETS = ("dev", "test")
 REDUCTIONS = ("mean", "wmean")
+SAVE_MODELS = ("all", "final", "none")
 DTYPES = ("float32", "bfloat16", "float16")
 MLM_INPUTS = ("text", "patterns")
 
@@ -218,6 +219,27 @@ class EvalConfig:
 
 
 @dataclass
+class OutputConfig:
+    """What a run keeps besides its results, logits and predictions."""
+
+    # which trained models are written in Hugging Face format with a jaxpet.json card
+    # (jaxpet predict and method evaluate read them): "all" (each member in <member>/model,
+    # each iPET generation's, the distilled classifier in distilled/model, the baselines in
+    # sc-s{S}/model), "final" (only the run's final model(s): the distilled classifier, or the
+    # last generation's members when nothing is distilled), or "none"
+    save_models: str = "all"
+
+
+@dataclass
+class EvaluateConfig:
+    """method "evaluate": score the saved models of a finished run, without training."""
+
+    # the run folder whose saved models are scored on the task's eval_set; "" = output_dir,
+    # whose evaluation then goes to <output_dir>/evaluate (else to output_dir itself)
+    run_dir: str = ""
+
+
+@dataclass
 class LoggingConfig:
     """Progress display and metric logs."""
 
@@ -245,6 +267,7 @@ class Config:
     # "ipet": generations of PET ensembles (section `ipet`); "sequence_classifier": the
     # supervised baseline;
     # "mlm_pretrain": only the MLM warm-up stage (domain adaptation), exported as a model folder;
+    # "evaluate": score a finished run's saved models without training (section `evaluate`);
     # "text2text" (T5) configs have their own schema (jaxpet/text2text_config.py): train.py
     # sends them to jaxpet.text2text.run
     method: str = "pet"
@@ -267,6 +290,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def _first_line(error: OmegaConfBaseException) -> str:
@@ -405,6 +430,7 @@ def validate(config: Config) -> None:
             raise ConfigError(f"config key '{section}.max_steps' must be >= 0 (0 = evaluate "
                               "without training), or -1 with num_train_epochs >= 1")
     _check_choice(config.pet.reduction, REDUCTIONS, "pet.reduction")
+    _check_choice(config.output.save_models, SAVE_MODELS, "output.save_models")
     ipet = config.ipet
     if config.method == "ipet":
         if ipet.generations < 1:

@@ -41,6 +41,10 @@ EXCLUDED = {
     "no_distillation": "whether the distillation stage runs; its folder depends on the rest",
     "classifier.baseline": "whether the baseline stage runs; its folders depend on the rest",
     "petal.": "settings of `jaxpet petal`, which a training run does not read",
+    # a rerun that wants a model an earlier run did not save stops and says so
+    # (jaxpet.model_saving.check_reused): the parameters are gone, nothing is silently skipped
+    "output.save_models": "which trained models are written to disk, not what they are",
+    "evaluate.": "settings of method evaluate, which trains nothing",
 }
 # Data and model files larger than this are identified by size and their first and last MiB
 # rather than a full hash (a 1 GB checkpoint would otherwise cost seconds on every run).
