@@ -100,3 +100,69 @@ def test_wsc_loss_extra_masks_predict_pad(logits):
     expected = _ce_tokens(lp, labels).sum() / (labels >= 0).sum()
     got = jax.jit(mtl.wsc_loss, static_argnums=3)(logits, targets, mask_positions, PAD)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def _token_mean_hinge_reference(lp, correct_BxK, wrongs, margin):
+    """PET's COPA/ReCoRD hinge at any margin (CE = mean over the batch's valid tokens)."""
+    def ce(t):
+        return _ce_tokens(lp, t).sum() / (t >= 0).sum()
+    return sum(max(0.0, margin + ce(correct_BxK) - ce(w)) for w in wrongs)
+
+
+def test_token_id_zero_is_a_real_target_and_candidates_are_not_mask_slots():
+    # Token id 0 is a word piece like any other (<s> in RoBERTa's vocabulary); C = 3 candidates
+    # over K = 2 mask slots and B = 2 examples keep the three axes apart.
+    logits_BxKxV = RNG.normal(size=(2, 2, 5)).astype(np.float32) * 2
+    targets_BxCxK = np.array([[[0, -1], [3, 4], [2, -1]], [[1, 0], [0, -1], [-1, -1]]])
+    labels_B = np.array([1, 0])
+    lp = _log_softmax(logits_BxKxV)
+    per_example = []
+    for b in range(2):
+        loss_c = [_ce_tokens(lp[b:b + 1], targets_BxCxK[b:b + 1, c])[0].sum() for c in range(3)]
+        per_example.append(sum(max(0.0, 1 + loss_c[labels_B[b]] - loss_c[c]) for c in range(3)
+                               if c != labels_B[b] and (targets_BxCxK[b, c] >= 0).any()))
+    got = jax.jit(mtl.multi_mask_hinge_loss)(logits_BxKxV, targets_BxCxK, labels_B)
+    # float32 rounding; dropping candidate [0, -1] as padding changes example 0 by O(1)
+    np.testing.assert_allclose(got, np.mean(per_example), rtol=1e-5)
+
+    # ReCoRD: candidate 0 is the answer for each of the B = 2 examples (C = 3 differs from B).
+    expected = _token_mean_hinge_reference(lp, targets_BxCxK[:, 0], [targets_BxCxK[:, 1],
+                                                                       targets_BxCxK[:, 2]], 1.0)
+    # float32 rounding; treating token 0 as padding removes tokens from every mean
+    np.testing.assert_allclose(jax.jit(mtl.record_loss)(logits_BxKxV, targets_BxCxK), expected,
+                               rtol=1e-5)
+
+
+def test_a_batch_with_one_correct_token_and_the_default_and_given_margins():
+    logits_BxKxV = RNG.normal(size=(1, 2, 6)).astype(np.float32) * 3
+    choices_Bx2xK = np.array([[[0, -1], [3, 5]]])  # the correct choice has one token, id 0
+    labels_B = np.array([0])
+    lp = _log_softmax(logits_BxKxV)
+    wrong = [choices_Bx2xK[:, 1]]
+    for margin in (1.0, 2.0, 9.0):
+        expected = _token_mean_hinge_reference(lp, choices_Bx2xK[:, 0], wrong, margin)
+        assert expected > 0  # the hinge is active, so the margin shows in the value
+        # float32 rounding; a mean over max(count, 2) tokens or a dropped margin moves it O(1)
+        np.testing.assert_allclose(mtl.copa_loss(logits_BxKxV, choices_Bx2xK, labels_B, margin),
+                                   expected, rtol=1e-5)
+    default = _token_mean_hinge_reference(lp, choices_Bx2xK[:, 0], wrong, 1.0)
+    # float32 rounding; PET's margin is 1
+    np.testing.assert_allclose(mtl.token_mean_hinge_loss(logits_BxKxV, choices_Bx2xK, labels_B),
+                               default, rtol=1e-5)
+
+
+def test_copa_refuses_a_third_choice():
+    with pytest.raises(ValueError, match="^copa_loss expects 2 choices per example, got 3$"):
+        mtl.copa_loss(np.zeros((1, 2, 4)), np.zeros((1, 3, 2), np.int32), np.array([0]))
+
+
+def test_wsc_slot_at_position_zero_and_target_token_zero_count():
+    logits_BxKxV = RNG.normal(size=(2, 2, 5)).astype(np.float32) * 2
+    mask_positions_BxK = np.array([[0, 1], [3, -1]])
+    targets_BxK = np.array([[0, -1], [0, -1]])
+    pad = 4
+    labels_BxK = np.array([[0, pad], [0, -1]])  # slot 1 of example 0 is a mask: it predicts pad
+    expected = _ce_tokens(_log_softmax(logits_BxKxV), labels_BxK).sum() / 3
+    got = mtl.wsc_loss(logits_BxKxV, targets_BxK, mask_positions_BxK, pad)
+    # float32 rounding; skipping the slot at position 0 or target 0 changes the mean by O(1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
