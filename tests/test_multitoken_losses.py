@@ -131,6 +131,10 @@ def test_token_id_zero_is_a_real_target_and_candidates_are_not_mask_slots():
     # float32 rounding; treating token 0 as padding removes tokens from every mean
     np.testing.assert_allclose(jax.jit(mtl.record_loss)(logits_BxKxV, targets_BxCxK), expected,
                                rtol=1e-5)
+    wide = _token_mean_hinge_reference(lp, targets_BxCxK[:, 0], [targets_BxCxK[:, 1],
+                                                                   targets_BxCxK[:, 2]], 5.0)
+    # float32 rounding; a margin of 5 adds 4 per active slot over the default
+    np.testing.assert_allclose(mtl.record_loss(logits_BxKxV, targets_BxCxK, 5.0), wide, rtol=1e-5)
 
 
 def test_a_batch_with_one_correct_token_and_the_default_and_given_margins():
