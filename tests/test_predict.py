@@ -430,3 +430,40 @@ def test_the_decoding_strategy_is_the_cards(copa_run, copa_predictor):
     other_NxC = scorer.scores(eval_examples(config))
     assert np.abs(other_NxC - np.load(out / "p0-s0" / "eval_logits.npy")).max() > 5 * EXACT_TOL[
         "atol"]
+
+
+@pytest.fixture(scope="module")
+def t5_run(tmp_path_factory):
+    """A PET run on a tiny T5 backbone (label words of several tokens, scored by the decoder),
+    one pattern, three steps, no distillation."""
+    from test_t5_pet_pipeline import make_tiny_t5_backbone
+
+    from jaxpet.config import load_config
+
+    root = tmp_path_factory.mktemp("predict_t5")
+    space = build_workspace(root)
+    make_tiny_t5_backbone(root / "tiny-t5")
+    config = load_config(space["config"], [
+        f"model.name={root / 'tiny-t5'}", "no_distillation=true", "pet.pattern_ids=[1]",
+        "pet.lm_training=false", "pet.learning_rate=5e-3", "eval.zero_shot=false",
+        "task.unlabeled_examples=0"])
+    return run_and_save(config, root / "tiny-t5", head="seq2seq"), config
+
+
+@pytest.mark.slow
+def test_a_t5_member_scores_as_the_run(t5_run):
+    from jaxpet.predict import load
+
+    out, config = t5_run
+    predictor = load(out)  # the run's final model: its one member
+    assert predictor.source == "ensemble" and predictor.scorers[0].card.scorer == "seq2seq"
+    examples = eval_examples(config)
+    # T5's small vocabulary cuts the fixture's texts into many pieces: some are cut
+    with pytest.warns(UserWarning, match="inputs have more tokens than the model's "
+                                         "max_seq_length=32"):
+        labels, probs_NxL = predictor.predict(examples)
+    expected_NxL = np.load(out / "p1-s0" / "eval_logits.npy")
+    np.testing.assert_allclose(predictor.scorers[0].scores(examples), expected_NxL,
+                               **EXACT_TOL)
+    assert labels == [r["label"] for r in read_jsonl(out / "p1-s0" / "predictions.jsonl")]
+    np.testing.assert_allclose(probs_NxL, softmax_np(expected_NxL), **SCORE_TOL)
