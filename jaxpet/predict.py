@@ -387,8 +387,8 @@ def member_weights(folders: Sequence[Path], reduction: str) -> np.ndarray | None
 def load(path: str | Path, batch_size: int | None = None) -> Predictor:
     """The Predictor of a saved model folder (that model), or of a run folder (its final
     model: the distilled classifier when saved, else its saved members merged as the run
-    merges them, by `pet.reduction` with the members' wmean weights). `batch_size` replaces
-    the run's eval.batch_size."""
+    merges them, by `pet.reduction` with the members' wmean weights, else the one classifier
+    of a sequence_classifier run). `batch_size` replaces the run's eval.batch_size."""
     path = Path(path)
     if is_saved_model(path):
         scorer = load_scorer(path, batch_size)
@@ -399,6 +399,15 @@ def load(path: str | Path, batch_size: int | None = None) -> Predictor:
         return Predictor([scorer], list(scorer.card.labels), "distilled",
                          max_seq_length=scorer.card.max_seq_length)
     folders = member_folders(path) if path.is_dir() else []
+    classifiers = sorted(c for c in path.glob("sc-s*/model") if is_saved_model(c))
+    if not folders and classifiers:  # method sequence_classifier: its classifier(s)
+        if len(classifiers) > 1:
+            raise SavedModelError(
+                f"{path}: a sequence_classifier run with {len(classifiers)} classifiers, which "
+                f"the run does not merge; name one: {', '.join(map(str, classifiers))}")
+        scorer = load_scorer(classifiers[0], batch_size)
+        return Predictor([scorer], list(scorer.card.labels), "model",
+                         max_seq_length=scorer.card.max_seq_length)
     if not folders:
         what = "does not exist" if not path.exists() else (
             "is not a folder" if not path.is_dir() else "holds no jaxpet.json")

@@ -467,3 +467,31 @@ def test_a_t5_member_scores_as_the_run(t5_run):
                                **EXACT_TOL)
     assert labels == [r["label"] for r in read_jsonl(out / "p1-s0" / "predictions.jsonl")]
     np.testing.assert_allclose(probs_NxL, softmax_np(expected_NxL), **SCORE_TOL)
+
+
+def test_the_readme_snippet_gives_the_transformers_classifiers_probabilities(pet_run, capsys):
+    """README "Use a trained model": its Python snippet on a run folder answers with the
+    distilled classifier, as transformers' PyTorch model of distilled/model does."""
+    import re
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out, _ = pet_run
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Use a trained model", 1)[1].split("\n## ", 1)[0]
+    snippet = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    scope: dict = {}
+    exec(compile(snippet.replace('"runs/demo"', repr(str(out))), "README.md", "exec"), scope)
+    assert str(scope["model"].labels) in capsys.readouterr().out
+    texts = [("stocks rally as tech earnings beat forecasts", None),
+             ("cup final", "the home side won the match")]
+    model = AutoModelForSequenceClassification.from_pretrained(out / "distilled" / "model")
+    tokenizer = AutoTokenizer.from_pretrained(out / "distilled" / "model")
+    with torch.no_grad():
+        logits_NxL = np.stack([model.eval()(**tokenizer(a, b, return_tensors="pt")).logits[0]
+                               .numpy() for a, b in texts])
+    # Flax vs PyTorch float32 kernels (parity tests: ~1e-6); unnormalised logits or another
+    # model's answers differ by > 1e-2
+    np.testing.assert_allclose(scope["probs"], softmax_np(logits_NxL), atol=1e-4)
+    assert scope["labels"] == [LABELS[i] for i in logits_NxL.argmax(-1)]
