@@ -256,6 +256,9 @@ def _train(config: Text2TextRunConfig, lm: Any, arrays: dict[str, np.ndarray], m
     from jaxpet.training import Trainer, fit
 
     section = config.text2text
+    if section.max_steps == 0:  # evaluation only: no optimizer, no checkpoint to restore
+        print("text2text.max_steps is 0: evaluating the model as it is, without training")
+        return lm.params, 0, 0.0
     updates = num_updates(section, len(arrays["input_ids"]))
     optimizer = make_optimizer(section.learning_rate, updates, section.warmup_steps,
                                section.weight_decay, section.adam_epsilon,
@@ -434,14 +437,20 @@ def _run_in_folder(config: Text2TextRunConfig, out: Path, start: float,
     enable_compilation_cache(config.compilation_cache)
     mesh = build_mesh(config)
     check_batch_sizes(mesh, {"text2text.train_batch_size": section.train_batch_size})
-    train_records = read_records(section, section.train_file, section.train_examples)
+    # max_steps 0 evaluates the model as it is: a training file, if named, is not read
+    train_records = (read_records(section, section.train_file, section.train_examples)
+                     if section.train_file and section.max_steps != 0 else [])
     train_pairs = render(section, train_records, section.train_file)
     eval_split = read_eval_split(section) if section.eval_file else None
     lm = load_model(config)
-    train_arrays, cut = encode_pairs(lm.tokenizer, train_pairs, section.max_seq_length,
-                                     section.max_target_length, section.train_file)
+    if train_pairs:
+        train_arrays, cut = encode_pairs(lm.tokenizer, train_pairs, section.max_seq_length,
+                                         section.max_target_length, section.train_file)
+    else:
+        train_arrays, cut = {}, {"inputs": 0, "targets": 0}
     print(f"text2text ({section.format}): {len(train_records)} training examples from "
-          f"{section.train_file}; model {config.model.name}; {mesh.devices.size} device(s)")
+          f"{section.train_file or '(none)'}; model {config.model.name}; "
+          f"{mesh.devices.size} device(s)")
     params, updates, seconds = _train(config, lm, train_arrays, mesh, out, compiler_options)
     results: dict[str, Any] = {
         "method": "text2text", "model": config.model.name, "format": section.format,

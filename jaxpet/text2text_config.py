@@ -45,7 +45,7 @@ class Text2TextConfig(TrainingConfig):
     """T5 text-to-text fine-tuning on local files: reader, prefix format, lengths, decoding."""
 
     data_dir: str = ""  # folder the file names below are relative to ("" = as given)
-    train_file: str = MISSING  # labeled training file
+    train_file: str = MISSING  # labeled training file (not needed when max_steps is 0)
     eval_file: str = ""  # file to evaluate on after training ("" = no evaluation)
     # jaxpet.t2t_readers reader: translation (.tsv / .jsonl), cnn_dailymail (.jsonl),
     # glue_tsv (reader_options.task: mnli | stsb), squad (v1.1 .json), jsonl (one object a line)
@@ -125,8 +125,13 @@ def validate_text2text(section: Text2TextConfig) -> None:
     for name in ("max_seq_length", "max_target_length", "train_batch_size", "accumulation_steps",
                  "num_beams"):
         _check(getattr(section, name) >= 1, name, "must be >= 1")
-    _check(section.max_steps > 0 or (section.max_steps < 0 and section.num_train_epochs >= 1),
-           "max_steps", "must be > 0, or -1 with num_train_epochs >= 1")
+    # max_steps 0: the checkpoint is evaluated as it is (zero-shot), nothing is trained
+    _check(section.max_steps >= 0 or section.num_train_epochs >= 1, "max_steps",
+           "must be >= 0 (0 = evaluate without training), or -1 with num_train_epochs >= 1")
+    _check(section.max_steps != 0 or bool(section.eval_file), "eval_file",
+           "is required with text2text.max_steps 0 (an evaluation-only run)")
+    _check(section.max_steps == 0 or bool(section.train_file), "train_file",
+           "is required unless text2text.max_steps is 0 (an evaluation-only run)")
     _check(0.0 <= section.label_smoothing < 1.0, "label_smoothing", "must lie in [0, 1)")
     _check(section.z_loss >= 0.0, "z_loss", "must be >= 0")
     _check(section.max_new_tokens >= 0, "max_new_tokens", "must be >= 0")
@@ -160,6 +165,8 @@ def load_text2text_config(source: Any, overrides: list[str] = (),
     merged = apply_overrides(merged, list(overrides))
     if output_dir is not None:
         merged.output_dir = str(output_dir)
+    if merged.text2text.max_steps == 0 and OmegaConf.is_missing(merged.text2text, "train_file"):
+        merged.text2text.train_file = ""  # an evaluation-only run reads no training file
     missing = sorted(OmegaConf.missing_keys(merged))
     if missing:
         raise ConfigError(f"missing required config key(s) in {name}: {', '.join(missing)}")
