@@ -3,7 +3,9 @@
 `merge_members` averages the saved member scores (jaxpet.ensemble) into `OUT/ensemble/`;
 `distill` trains a classifier on the unlabeled set with the merged scores as soft labels
 (KL * T^2, as the original PET does) in `OUT/distilled/`, evaluates it and exports it with
-`save_pretrained` to `OUT/distilled/model` (Hugging Face layout). Finished folders are reused.
+jaxpet.model_saving to `OUT/distilled/model` (Hugging Face layout with the label names and a
+jaxpet.json card; baselines to `OUT/sc-s{S}/model`) as `output.save_models` asks. Finished
+folders are reused.
 
 Besides eval_logits.npy, `OUT/distilled/` holds the classifier's scores on the unlabeled set
 (the rows it was distilled on, in task order): `unlabeled_logits_before_training.npy` at its
@@ -13,7 +15,6 @@ a run shows how far the student moved toward softmax(teacher / T).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,15 +103,9 @@ def fit_classifier(config: Config, loss_fn: Any, params: Any, groups: dict, mesh
 def run_classifier(config: Config, data: Any, mesh: Any, out: Path,
                    encoder_params: Any = None) -> dict[str, Any]:
     """Supervised sequence classifier(s) on the labeled set; one folder `sc-s{S}` each."""
-    from jaxpet.pet import (
-        aggregate,
-        check_batch_sizes,
-        evaluate_logits,
-        label_indices,
-        predict_logits,
-        write_predictions,
-    )
-    from jaxpet.pet_step import make_classifier_logits_fn, make_classifier_loss
+    from jaxpet import model_saving
+    from jaxpet.pet import aggregate, check_batch_sizes, label_indices
+    from jaxpet.pet_step import make_classifier_loss
 
     settings = config.classifier
     check_batch_sizes(mesh, {"classifier.train_batch_size": settings.train_batch_size,
@@ -118,13 +113,14 @@ def run_classifier(config: Config, data: Any, mesh: Any, out: Path,
     lm, params = classifier_model(config, len(data.labels), encoder_params)
     train_arrays = {**encode_classifier_inputs(lm, data.train, settings.max_seq_length),
                     "labels": label_indices(data.train, data.labels)}
-    eval_arrays = encode_classifier_inputs(lm, data.eval, settings.max_seq_length)
     loss_fn = make_classifier_loss(lm.module.apply)
-    logits_fn = make_classifier_logits_fn(lm.module.apply)
+    # the supervised classifiers are the final models of method sequence_classifier only
+    final = config.method == "sequence_classifier"
     members = {}
     for repetition in range(settings.repetitions):
         folder, seed = out / f"sc-s{repetition}", config.seed + repetition
         if (folder / "results.json").exists():
+            model_saving.check_reused(config, folder, final)
             print(f"{folder.name}: results.json exists, reusing it")
             members[folder.name] = outputs.read_json(folder / "results.json")
             continue
@@ -132,14 +128,30 @@ def run_classifier(config: Config, data: Any, mesh: Any, out: Path,
         trained, seconds = fit_classifier(
             config, loss_fn, params, {"": (train_arrays, settings.train_batch_size, seed)},
             mesh, folder, seed)
-        eval_logits = predict_logits(config, logits_fn, trained, eval_arrays, mesh)
-        write_predictions(folder, "eval", data.eval, data.labels, eval_logits)
+        metrics = evaluate_classifier(config, lm, trained, data, mesh, folder,
+                                      settings.max_seq_length)
         members[folder.name] = {
             "repetition": repetition, "seed": seed, "eval_set": config.task.eval_set,
-            "metrics": evaluate_logits(data.name, data.labels, data.eval, eval_logits),
-            "train_time_s": seconds, "num_train": len(data.train), "num_eval": len(data.eval)}
+            "metrics": metrics, "train_time_s": seconds, "num_train": len(data.train),
+            "num_eval": len(data.eval)}
+        model_saving.save_classifier(config, lm, trained, data.labels, folder, final)
         outputs.write_json(folder / "results.json", members[folder.name])
     return {"members": members, **aggregate(members, lambda r: "summary")}
+
+
+def evaluate_classifier(config: Config, lm: Any, params: Any, data: Any, mesh: Any,
+                        folder: Path, max_seq_length: int) -> dict[str, float]:
+    """Scores the eval set with a sequence classifier's `params`, writes eval_logits.npy and
+    predictions.jsonl to `folder`; returns the eval metrics. Training and method evaluate
+    (jaxpet.evaluate) both score a classifier through it."""
+    from jaxpet.pet import evaluate_logits, predict_logits, write_predictions
+    from jaxpet.pet_step import make_classifier_logits_fn
+
+    eval_arrays = encode_classifier_inputs(lm, data.eval, max_seq_length)
+    logits_fn = make_classifier_logits_fn(lm.module.apply)
+    eval_logits = predict_logits(config, logits_fn, params, eval_arrays, mesh)
+    write_predictions(folder, "eval", data.eval, data.labels, eval_logits)
+    return evaluate_logits(data.name, data.labels, data.eval, eval_logits)
 
 
 def merge_members(config: Config, data: Any, member_dir: Path, members: Mapping[str, Any],
@@ -183,17 +195,13 @@ def merge_members(config: Config, data: Any, member_dir: Path, members: Mapping[
 def distill(config: Config, data: Any, mesh: Any, out: Path, teacher_NxL: np.ndarray,
             encoder_params: Any = None) -> dict[str, Any]:
     """Trains the final classifier on the unlabeled set against `teacher_NxL` soft labels."""
-    from jaxpet.models import save_pretrained
-    from jaxpet.pet import (
-        check_batch_sizes,
-        evaluate_logits,
-        predict_logits,
-        write_predictions,
-    )
+    from jaxpet import model_saving
+    from jaxpet.pet import check_batch_sizes, predict_logits
     from jaxpet.pet_step import make_classifier_logits_fn, make_classifier_loss
 
     folder = out / "distilled"
-    if (folder / "results.json").exists() and (folder / "model").is_dir():
+    if (folder / "results.json").exists():
+        model_saving.check_reused(config, folder, final=True)
         print(f"{folder.name}: results.json exists, reusing it")
         return outputs.read_json(folder / "results.json")
     if not data.unlabeled:
@@ -205,7 +213,6 @@ def distill(config: Config, data: Any, mesh: Any, out: Path, teacher_NxL: np.nda
     lm, params = classifier_model(config, len(data.labels), encoder_params)
     arrays = {**encode_classifier_inputs(lm, data.unlabeled, settings.max_seq_length),
               "logits": np.asarray(teacher_NxL, np.float32)}
-    eval_arrays = encode_classifier_inputs(lm, data.eval, settings.max_seq_length)
     loss_fn = make_classifier_loss(lm.module.apply, soft_labels=True,
                                    temperature=settings.temperature)
     logits_fn = make_classifier_logits_fn(lm.module.apply)
@@ -219,15 +226,16 @@ def distill(config: Config, data: Any, mesh: Any, out: Path, teacher_NxL: np.nda
         config, loss_fn, params, {"": (arrays, settings.unlabeled_batch_size, seed)}, mesh,
         folder, seed)
     trained = jax.device_get(trained)
-    eval_logits = predict_logits(config, logits_fn, trained, eval_arrays, mesh)
-    write_predictions(folder, "eval", data.eval, data.labels, eval_logits)
+    metrics = evaluate_classifier(config, lm, trained, data, mesh, folder,
+                                  settings.max_seq_length)
     outputs.write_npy(folder / "unlabeled_logits.npy",
                       predict_logits(config, logits_fn, trained, unlabeled_inputs, mesh))
-    save_pretrained(dataclasses.replace(lm, params=trained), folder / "model")
+    # the model before results.json: a finished folder always holds the model it should
+    model_saving.save_classifier(config, lm, trained, data.labels, folder, final=True)
     results = {"seed": seed, "temperature": settings.temperature, "eval_set": config.task.eval_set,
-               "metrics": evaluate_logits(data.name, data.labels, data.eval, eval_logits),
-               "train_time_s": seconds, "num_unlabeled": len(data.unlabeled),
-               "model_dir": str(folder / "model")}
+               "metrics": metrics, "train_time_s": seconds, "num_unlabeled": len(data.unlabeled)}
+    if model_saving.wants_model(config, final=True):
+        results["model_dir"] = str(folder / "model")
     outputs.write_json(folder / "results.json", results)
     return results
 

@@ -66,6 +66,7 @@ def member_train_arrays(labeled: Mapping[str, np.ndarray], unlabeled: Mapping[st
 def run_ipet(config: Config, data: Any, mesh: Any, out: Path) -> dict[str, Any]:
     """All generations, then the merge and distillation of the last one."""
     from jaxpet.distill import finish_ensemble, merge_members, run_classifier
+    from jaxpet.model_saving import member_is_final
     from jaxpet.pet import prepare_pet, train_ensemble, warmed_up_encoder
 
     if not data.unlabeled:
@@ -77,7 +78,8 @@ def run_ipet(config: Config, data: Any, mesh: Any, out: Path) -> dict[str, Any]:
     last = config.ipet.generations - 1
     for generation in range(config.ipet.generations):
         folder = out / f"g{generation}"
-        stage = train_ensemble(config, lm, params, patterns, data, mesh, folder, train_sets)
+        stage = train_ensemble(config, lm, params, patterns, data, mesh, folder, train_sets,
+                               final=member_is_final(config, generation == last))
         if generation < last:
             stage["ensemble"] = merge_members(config, data, folder, stage["members"],
                                               folder / "ensemble")

@@ -218,17 +218,20 @@ def zero_shot_metrics(config: Any, pattern: MultiTokenPattern, params: Any, data
 
 def train_multitoken_model(config: Any, lm: Any, params: Any, pattern: MultiTokenPattern,
                            data: Any, mesh: Any, folder: Path, repetition: int,
-                           train_arrays: Mapping[str, np.ndarray] | None = None
-                           ) -> dict[str, Any]:
+                           train_arrays: Mapping[str, np.ndarray] | None = None,
+                           final: bool = True) -> dict[str, Any]:
     """Trains, evaluates and saves one multi-token PET model (pattern x repetition).
 
     `train_arrays` replaces the pattern's training encoding; with `pet.max_steps` 0 or no
-    training rows the model is evaluated untrained.
+    training rows the model is evaluated untrained. The model goes to `folder/model` when
+    `output.save_models` keeps it (`final`: one of the run's final models).
     """
+    from jaxpet import model_saving
     from jaxpet.multitoken_step import make_multitoken_loss
     from jaxpet.pet import train
 
     if (folder / "results.json").exists():
+        model_saving.check_reused(config, folder, final)
         print(f"{folder.name}: results.json exists, reusing it")
         return outputs.read_json(folder / "results.json")
     settings, seed = config.pet, config.seed + repetition
@@ -247,8 +250,7 @@ def train_multitoken_model(config: Any, lm: Any, params: Any, pattern: MultiToke
                                        pad_token_id=lm.tokenizer.pad_token_id or 0)
         groups = {"": (train_set, settings.train_batch_size, seed)}
         trained, seconds = train(config, settings, loss_fn, params, groups, mesh, folder, seed)
-    eval_scores, texts = label_scores(config, pattern, trained, pattern.eval, data.eval, mesh)
-    write_predictions(folder, pattern, data.labels, data.eval, eval_scores, texts)
+    metrics = evaluate_multitoken_member(config, pattern, trained, data, mesh, folder)
     if pattern.unlabeled_eval is not None:
         unlabeled_scores, _ = label_scores(config, pattern, trained, pattern.unlabeled_eval,
                                            data.unlabeled, mesh)
@@ -258,9 +260,19 @@ def train_multitoken_model(config: Any, lm: Any, params: Any, pattern: MultiToke
         "loss": pattern.loss, "decoding_strategy": settings.decoding_strategy,
         "train_set_before_training": before,
         "train_set_after_training": train_set_accuracy(config, pattern, trained, data, mesh),
-        "eval_set": config.task.eval_set, "metrics": evaluate_scores(
-            data.name, data.labels, data.eval, eval_scores),
+        "eval_set": config.task.eval_set, "metrics": metrics,
         "train_time_s": seconds, "num_train": len(train_set["labels"]),
         "num_eval": len(data.eval), "num_unlabeled": len(data.unlabeled)}
+    # the model before results.json: a finished folder always holds the model it should
+    model_saving.save_member(config, lm, trained, data, pattern, folder, final)
     outputs.write_json(folder / "results.json", results)
     return results
+
+
+def evaluate_multitoken_member(config: Any, pattern: MultiTokenPattern, params: Any, data: Any,
+                               mesh: Any, folder: Path) -> dict[str, float]:
+    """Decodes the eval set with one member's `params`, writes eval_logits.npy and
+    predictions.jsonl to `folder`; returns the eval metrics."""
+    eval_scores, texts = label_scores(config, pattern, params, pattern.eval, data.eval, mesh)
+    write_predictions(folder, pattern, data.labels, data.eval, eval_scores, texts)
+    return evaluate_scores(data.name, data.labels, data.eval, eval_scores)

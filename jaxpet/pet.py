@@ -261,19 +261,25 @@ def training_groups(config: Config, pattern: PatternData, train_set: Mapping[str
 def train_pet_model(config: Config, lm: Any, params: Any, pattern: PatternData, data: TaskData,
                     mesh: Any, folder: Path, repetition: int,
                     train_arrays: Mapping[str, np.ndarray] | None = None,
-                    pretrained: tuple[Any, float] | None = None) -> dict[str, Any]:
+                    pretrained: tuple[Any, float] | None = None,
+                    final: bool = True) -> dict[str, Any]:
     """Trains, evaluates and saves one PET model (pattern x repetition) in `folder`.
 
     `pretrained` = (params, seconds) of a member already trained elsewhere: only evaluated.
     `train_arrays` replaces the pattern's labeled set (iPET: T plus pseudo-labeled examples).
     With `pet.max_steps` 0 or an empty training set the model is evaluated untrained.
+    The model goes to `folder/model` when `output.save_models` keeps it (`final`: whether it
+    is one of the run's final models, jaxpet.model_saving).
     """
+    from jaxpet import model_saving
+
     if getattr(pattern, "multi_token", False):
         from jaxpet.multitoken_pet import train_multitoken_model
 
         return train_multitoken_model(config, lm, params, pattern, data, mesh, folder,
-                                      repetition, train_arrays)
+                                      repetition, train_arrays, final)
     if (folder / "results.json").exists():
+        model_saving.check_reused(config, folder, final)
         print(f"{folder.name}: results.json exists, reusing it")
         return outputs.read_json(folder / "results.json")
     settings, seed = config.pet, config.seed + repetition
@@ -293,8 +299,7 @@ def train_pet_model(config: Config, lm: Any, params: Any, pattern: PatternData, 
         loss_fn = pattern_loss(config, lm, pattern)
         groups = training_groups(config, pattern, train_set, seed)
         trained, seconds = train(config, settings, loss_fn, params, groups, mesh, folder, seed)
-    eval_logits = predict_logits(config, pattern.logits_fn, trained, pattern.eval, mesh)
-    write_predictions(folder, "eval", data.eval, data.labels, eval_logits)
+    metrics = evaluate_member(config, pattern, trained, data, mesh, folder)
     after = on_train(trained)
     if pattern.unlabeled is not None:
         outputs.write_npy(folder / "unlabeled_logits.npy", predict_logits(
@@ -303,12 +308,27 @@ def train_pet_model(config: Config, lm: Any, params: Any, pattern: PatternData, 
         "pattern_id": pattern.pattern_id, "repetition": repetition, "seed": seed,
         "train_set_before_training": accuracy(before, train_labels),
         "train_set_after_training": accuracy(after, train_labels),
-        "eval_set": config.task.eval_set, "metrics": evaluate_logits(
-            data.name, data.labels, data.eval, eval_logits),
+        "eval_set": config.task.eval_set, "metrics": metrics,
         "train_time_s": seconds, "num_train": len(train_labels), "num_eval": len(data.eval),
         "num_unlabeled": len(data.unlabeled)}
+    # the model before results.json: a finished folder always holds the model it should
+    model_saving.save_member(config, lm, trained, data, pattern, folder, final)
     outputs.write_json(folder / "results.json", results)
     return results
+
+
+def evaluate_member(config: Config, pattern: Any, params: Any, data: TaskData, mesh: Any,
+                    folder: Path) -> dict[str, float]:
+    """Scores the eval set with one member's `params` (single- or multi-token pattern), writes
+    eval_logits.npy and predictions.jsonl to `folder`; returns the eval metrics. Training and
+    method evaluate (jaxpet.evaluate) both score a member through it."""
+    if getattr(pattern, "multi_token", False):
+        from jaxpet.multitoken_pet import evaluate_multitoken_member
+
+        return evaluate_multitoken_member(config, pattern, params, data, mesh, folder)
+    eval_logits = predict_logits(config, pattern.logits_fn, params, pattern.eval, mesh)
+    write_predictions(folder, "eval", data.eval, data.labels, eval_logits)
+    return evaluate_logits(data.name, data.labels, data.eval, eval_logits)
 
 
 def accuracy(logits_NxL: np.ndarray, labels_N: np.ndarray) -> float:
@@ -369,10 +389,11 @@ def place_params(params: Any, mesh: Any) -> Any:
 
 def train_ensemble(config: Config, lm: Any, params: Any, patterns: Sequence[PatternData],
                    data: TaskData, mesh: Any, out: Path,
-                   train_sets: Mapping[str, Mapping[str, np.ndarray]] | None = None
-                   ) -> dict[str, Any]:
+                   train_sets: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                   final: bool = True) -> dict[str, Any]:
     """Every pattern x repetition member in `out/p{P}-s{S}`; `train_sets` (by member name)
-    replace the labeled set. Returns {"members", "patterns", "pet"} results."""
+    replace the labeled set; `final`: the members are the run's final models (nothing is
+    distilled from them). Returns {"members", "patterns", "pet"} results."""
     trained: dict[str, tuple[Any, float]] = {}
     if config.pet.parallel_members:
         from jaxpet.parallel_members import train_in_parallel
@@ -385,7 +406,7 @@ def train_ensemble(config: Config, lm: Any, params: Any, patterns: Sequence[Patt
             members[folder.name] = train_pet_model(
                 config, lm, params, pattern, data, mesh, folder, repetition,
                 None if train_sets is None else train_sets[folder.name],
-                trained.get(folder.name))
+                trained.get(folder.name), final)
     return {"members": members,
             "patterns": aggregate(members, lambda r: f"p{r['pattern_id']}"),
             "pet": aggregate(members, lambda r: "all")["all"]}
@@ -399,9 +420,11 @@ def warmed_up_encoder(config: Config, params: Any) -> Any:
 def run_pet(config: Config, data: TaskData, mesh: Any, out: Path) -> dict[str, Any]:
     """PET: the ensemble, its merge and distillation (and the baseline when asked)."""
     from jaxpet.distill import finish_ensemble, run_classifier
+    from jaxpet.model_saving import member_is_final
 
     lm, params, patterns, results = prepare_pet(config, data, mesh, out)
-    results.update(train_ensemble(config, lm, params, patterns, data, mesh, out))
+    results.update(train_ensemble(config, lm, params, patterns, data, mesh, out,
+                                  final=member_is_final(config)))
     encoder = warmed_up_encoder(config, params)
     results.update(finish_ensemble(config, data, mesh, out, out, results["members"], encoder))
     if config.classifier.baseline:

@@ -97,7 +97,7 @@ def results_table(results: Mapping[str, Any]) -> str:
         stage = results["mlm_pretrain"]
         lines += ["", f"MLM warm-up: {stage.get('steps')} steps on {stage.get('sequences')} "
                   f"sequences; model in {stage.get('model_dir')}"]
-    if "distilled" in results:
+    if results.get("distilled", {}).get("model_dir"):  # none when output.save_models is none
         lines += ["", f"distilled model (Hugging Face format): {results['distilled']['model_dir']}"]
     if "wall_time_s" in results:
         lines += ["", f"wall time: {results['wall_time_s']:.0f} s"]
