@@ -465,6 +465,10 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     from jaxpet.config import validate_stages
     from jaxpet.run_lock import RunLock
 
+    if config.method == "evaluate":  # trains nothing: scores a finished run's saved models
+        from jaxpet.evaluate import run as evaluate
+
+        return evaluate(config)
     start = time.perf_counter()
     validate_stages(config)
     out = Path(config.output_dir)
