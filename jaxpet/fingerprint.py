@@ -117,7 +117,14 @@ def run_fingerprint(config: Config) -> dict[str, Any]:
     values = {k: v for k, v in _flatten(to_dict(config)).items() if not _excluded(k)}
     values = json.loads(json.dumps(values, default=str))  # tuples -> lists, as stored
     values["jaxpet_version"] = jaxpet.__version__
-    values.update(folder_identity(config.task.data_dir, "task.data_dir:files"))
+    if config.task.data_dir or config.task.hf_dataset is None:
+        values.update(folder_identity(config.task.data_dir, "task.data_dir:files"))
+    if config.task.hf_dataset is not None:  # a save_to_disk folder: its files (a hub name: as is)
+        from jaxpet.data.hf_dataset import local_folder
+
+        folder = local_folder(config.task.hf_dataset)
+        if folder is not None:
+            values.update(folder_identity(folder, "task.hf_dataset.path:files"))
     values.update(model_identity(config.model.name))
     verbalizer = config.task.verbalizer
     if isinstance(verbalizer, str) and os.path.isfile(os.path.expanduser(verbalizer)):

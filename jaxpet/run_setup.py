@@ -35,7 +35,13 @@ def register_config_task(task: Any) -> None:
     from jaxpet.data.custom import task_from_config
     from jaxpet.prompts.template import pvp_from_config
 
-    spec = task_from_config({**task.definition, "name": task.name, "data_dir": task.data_dir})
+    if task.hf_dataset is not None:
+        from jaxpet.data.hf_dataset import register_hf_task
+
+        spec = register_hf_task(task.name, task.definition, task.hf_dataset)
+    else:
+        spec = task_from_config({**task.definition, "name": task.name,
+                                 "data_dir": task.data_dir})
     verbalizer = task.verbalizer
     if isinstance(verbalizer, str):  # a verbalizer file: it must cover every pattern
         from jaxpet.prompts.verbalizer import load_verbalizer
@@ -53,15 +59,24 @@ def verbalizer_file(config: Config) -> str | None:
     return verbalizer if isinstance(verbalizer, str) else None
 
 
-def load_task_data(config: Config) -> TaskData:
-    from jaxpet.data.tasks import get_task, load_examples
+def task_spec(task: Any) -> Any:
+    """The TaskSpec a run reads (config-defined tasks registered first); with task.hf_dataset
+    its splits come from that Hugging Face dataset (jaxpet.data.hf_dataset)."""
+    from jaxpet.data.hf_dataset import with_dataset
+    from jaxpet.data.tasks import get_task
 
-    task = config.task
     if task.definition is not None:
         register_config_task(task)
-    spec = get_task(task.name)
+    return with_dataset(get_task(task.name), task.hf_dataset)
+
+
+def load_task_data(config: Config) -> TaskData:
+    from jaxpet.data.tasks import load_examples
+
+    task = config.task
+    spec = task_spec(task)
     load = lambda split, n, evenly=False: load_examples(  # noqa: E731
-        task.name, task.data_dir, split, n, task.sample_seed, evenly)
+        spec, task.data_dir, split, n, task.sample_seed, evenly)
     train = load("train", task.train_examples, task.split_examples_evenly)
     evaluation = load(task.eval_set, task.test_examples)
     unlabeled = load("unlabeled", task.unlabeled_examples) if task.unlabeled_examples else []

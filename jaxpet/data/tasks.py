@@ -37,6 +37,10 @@ class TaskSpec:
     reader: Reader = field(repr=False)
     data_dir: str | None = None
     description: str = ""
+    # split -> (source named in messages, examples): a task read from elsewhere than files
+    # (jaxpet.data.hf_dataset); load_examples then uses neither `reader` nor a data folder
+    load_split: Callable[[str], tuple[str, list[Example]]] | None = field(default=None,
+                                                                            repr=False)
 
     def files(self, split: str) -> str:
         """The file name the given split reads, or a `KeyError` listing the task's splits."""
@@ -71,12 +75,15 @@ def register_task(
     overwrite: bool = False,
     data_dir: str | None = None,
     description: str = "",
+    load_split: Callable[[str], tuple[str, list[Example]]] | None = None,
 ) -> TaskSpec:
     """Register a task defined in Python and return its `TaskSpec`.
 
     `files` maps split names to file names (relative to the data folder); `reader(path, split)`
-    must return `Example`s whose labels are strings from `labels` (or None). Registering a
-    name twice raises unless `overwrite=True`; built-in tasks can never be replaced.
+    must return `Example`s whose labels are strings from `labels` (or None). `load_split(split)
+    -> (source, examples)`, when given, reads the splits instead (no files, no data folder).
+    Registering a name twice raises unless `overwrite=True`; built-in tasks can never be
+    replaced.
     """
     if not name or not isinstance(name, str):
         raise ValueError(f"task name must be a non-empty string, got {name!r}")
@@ -93,7 +100,7 @@ def register_task(
         raise ValueError(f"task '{name}': files must map splits from {list(SPLITS)} to file "
                          f"names, got {dict(files)}")
     spec = TaskSpec(name=name, labels=labels, splits=dict(files), reader=reader,
-                    data_dir=data_dir, description=description)
+                    data_dir=data_dir, description=description, load_split=load_split)
     _TASKS[name] = spec
     return spec
 
@@ -155,18 +162,11 @@ def load_examples(
         file_name = spec.files(split)
     except KeyError as e:
         raise ValueError(e.args[0]) from None
-    if data_dir is None:
-        data_dir = spec.data_dir
-        if data_dir is None:
-            raise ValueError(f"task '{spec.name}': no data_dir given and the task has none")
-    path = os.path.join(os.fspath(data_dir), file_name)
-    if not os.path.isfile(path):
-        folder = "" if os.path.isdir(data_dir) else f" (the folder {data_dir} does not exist)"
-        raise FileNotFoundError(
-            f"{path}: file not found{folder}; task '{spec.name}' reads its '{split}' split from "
-            f"'{file_name}' (all files of this task: {_describe_splits(spec.splits)})")
-
-    examples = spec.reader(path, split)
+    if spec.load_split is not None:
+        path, examples = spec.load_split(split)
+    else:
+        path = _split_file(spec, data_dir, split, file_name)
+        examples = spec.reader(path, split)
     if not examples:
         raise DataFileError(path, f"the '{split}' split of task '{spec.name}' has no examples")
     for example in examples:
@@ -178,6 +178,22 @@ def load_examples(
                     for e in examples]
     return sample_examples(examples, spec.labels, num_examples, seed, split_examples_evenly,
                            source=f"{path} ({spec.name}, {split})")
+
+
+def _split_file(spec: TaskSpec, data_dir: str | os.PathLike | None, split: str,
+                file_name: str) -> str:
+    """The path of the file `split` reads; errors name the folder and the task's files."""
+    if data_dir is None:
+        data_dir = spec.data_dir
+        if data_dir is None:
+            raise ValueError(f"task '{spec.name}': no data_dir given and the task has none")
+    path = os.path.join(os.fspath(data_dir), file_name)
+    if not os.path.isfile(path):
+        folder = "" if os.path.isdir(data_dir) else f" (the folder {data_dir} does not exist)"
+        raise FileNotFoundError(
+            f"{path}: file not found{folder}; task '{spec.name}' reads its '{split}' split from "
+            f"'{file_name}' (all files of this task: {_describe_splits(spec.splits)})")
+    return path
 
 
 def _register_builtins() -> None:
