@@ -171,8 +171,13 @@ def check_label(
 
 
 def examples_to_dataset(examples: Sequence[Example]):
-    """A `datasets.Dataset` with columns guid, text_a, text_b, label and meta (as JSON text)."""
-    import datasets  # imported lazily: it is slow to import and only this helper needs it
+    """A `datasets.Dataset` with columns guid, text_a, text_b, label and meta (as JSON text);
+    needs the `datasets` extra (pip install jaxpet[datasets])."""
+    try:
+        import datasets  # imported lazily: it is slow to import and optional
+    except ImportError:
+        raise ImportError("examples_to_dataset needs the datasets package: pip install "
+                          "jaxpet[datasets]") from None
 
     return datasets.Dataset.from_dict({
         "guid": [e.guid for e in examples],
