@@ -87,6 +87,22 @@ def user_error_status(error: BaseException) -> int:
     return EXIT_USER_ERROR
 
 
+# How a full disk, a disk quota or a file over the process's size limit (RLIMIT_FSIZE) reads;
+# the libraries that write checkpoints and weights pass it on as text only, not as an OSError.
+OUT_OF_SPACE = ("No space left on device", "File too large", "Disk quota exceeded")
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, is a full disk or a file size limit."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if any(text in str(error) for text in OUT_OF_SPACE):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
     """Loads the config, runs it, prints the results table; returns the exit status."""
     args = train_parser(prog).parse_args(list(argv))
@@ -109,7 +125,15 @@ def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
         from jaxpet.pet import run
 
         run(config, overwrite=args.overwrite)
-    except USER_ERRORS as error:
+    except Exception as error:
+        if out_of_space(error):
+            # results and model folders are written atomically: none is left half-written
+            return user_error_status(OSError(
+                f"out of disk space (or over the file size limit) writing the run's outputs: "
+                f"{_message(error)}. Free space and rerun the same command: finished stages "
+                "are reused and training resumes from its last checkpoint"))
+        if not isinstance(error, USER_ERRORS):
+            raise
         return user_error_status(error)
     except KeyboardInterrupt:
         # Ctrl-C outside training (loading, evaluating, a second Ctrl-C): one line, no

@@ -1,0 +1,79 @@
+"""A full disk, as a file size limit (RLIMIT_FSIZE) of the train.py process: one clear error
+line and exit status 2, no results.json and no model folder half-written, and a rerun with the
+limit lifted ends with an uninterrupted run's results."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_kill_stages import assert_nothing_half_written, untimed
+from test_train_cli import build_workspace
+
+from jaxpet.cli import train_main
+
+ROOT = Path(__file__).resolve().parents[2]
+# Larger than every log, result and logits file of the tiny run, smaller than its model's
+# weights (~90 kB) and than most of its checkpoint files.
+LIMIT_BYTES = 60_000
+RUN = ["pet.pattern_ids=[0]", "eval.zero_shot=false", "no_distillation=true"]
+
+
+def limit_file_size() -> None:  # in the child, before train.py starts
+    # ignored, SIGXFSZ no longer kills the process: the write fails with EFBIG instead,
+    # as it fails with ENOSPC on a full disk
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT_BYTES, LIMIT_BYTES))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return build_workspace(tmp_path_factory.mktemp("full_disk"))
+
+
+@pytest.mark.slow  # a child train.py and two in-process runs, ~1 min on 2 shared cores
+@pytest.mark.parametrize("every, failing", [
+    (0, "model.safetensors"),  # no checkpoints: the member's model export hits the limit
+    (1, "checkpoints"),  # the first checkpoint's files hit it
+])
+def test_full_disk_stops_cleanly_and_a_rerun_finishes(workspace, tmp_path, capsys, every,
+                                                      failing):
+    args = ["--config", str(workspace["config"]), *RUN, f"checkpoint.every={every}"]
+    reference, out = tmp_path / "reference", tmp_path / "out"
+    assert train_main([*args, f"output_dir={reference}"]) == 0
+    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args, f"output_dir={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          preexec_fn=limit_file_size)
+    last = done.stderr.strip().splitlines()[-2:]
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert last[0].startswith("error: out of disk space (or over the file size limit) writing "
+                              "the run's outputs: "), last
+    assert "File too large" in last[0] and "rerun the same command" in last[0], last
+    assert last[1] == "(set JAXPET_TRACEBACK=1 to see the traceback)"
+    if every == 0:
+        assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    else:
+        assert failing in last[0]  # the error names the checkpoint file it could not write
+    # nothing that claims a result: no results.json, no model folder, no partial leftovers
+    member = out / "p0-s0"
+    assert not (out / "results.json").exists() and not (member / "results.json").exists()
+    assert not (member / "model").exists()
+    assert not [p for p in member.iterdir() if p.name.startswith(".model")]
+    assert_nothing_half_written(out)
+    capsys.readouterr()
+    assert train_main([*args, f"output_dir={out}"]) == 0
+    assert_nothing_half_written(out)
+    got, want = (json.loads((p / "results.json").read_text()) for p in (out, reference))
+    assert untimed(got) == untimed(want)
+    # the same steps from the same start (or a restored state): equal up to float32 rounding;
+    # a skipped or repeated step is a whole Adam update of ~1e-3 per weight
+    np.testing.assert_allclose(np.load(member / "eval_logits.npy"),
+                               np.load(reference / "p0-s0" / "eval_logits.npy"),
+                               rtol=1e-5, atol=1e-6)
+    assert (member / "model" / "model.safetensors").stat().st_size > LIMIT_BYTES
