@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -151,11 +152,16 @@ def test_a_run_folder_uses_its_distilled_classifier(pet_run):
     assert labels == [r["label"] for r in read_jsonl(out / "distilled" / "predictions.jsonl")]
 
 
-def ensemble_view(out: Path, folder: Path) -> Path:
-    """The run folder without its distilled model: its final model is the merged ensemble."""
-    folder.mkdir()
-    for name in MEMBERS:
-        (folder / name).symlink_to(out / name, target_is_directory=True)
+def ensemble_view(out: Path, folder: Path, weights: list[float] | None = None) -> Path:
+    """The run folder without its distilled model (its final model is then the merged
+    ensemble); `weights` replace the members' labeled-set accuracies before training."""
+    for name, weight in zip(MEMBERS, weights or [None] * len(MEMBERS), strict=True):
+        (folder / name).mkdir(parents=True)
+        (folder / name / "model").symlink_to(out / name / "model", target_is_directory=True)
+        results = json.loads((out / name / "results.json").read_text())
+        if weight is not None:
+            results["train_set_before_training"] = weight
+        (folder / name / "results.json").write_text(json.dumps(results))
     return folder
 
 
@@ -166,16 +172,28 @@ def test_a_run_folder_without_distillation_merges_its_members(pet_run, tmp_path)
     predictor = load(ensemble_view(out, tmp_path / "run"))
     assert predictor.source == "ensemble" and len(predictor.scorers) == 2
     merged = json.loads((out / "ensemble" / "results.json").read_text())
-    # PET's wmean: each member weighted by its labeled-set accuracy before training
-    weights = [json.loads((out / m / "results.json").read_text())["train_set_before_training"]
-               for m in MEMBERS]
-    assert merged["weights"] == weights and predictor.weights_M.tolist() == weights
+    assert merged["reduction"] == "wmean" and predictor.weights_M.tolist() == merged["weights"]
     labels, probs_NxL = predictor.predict(eval_examples(config))
     expected_NxL = np.load(out / "ensemble" / "eval_logits.npy")
     np.testing.assert_allclose(predictor.scores(eval_examples(config)), expected_NxL,
                                **SCORE_TOL)
     np.testing.assert_allclose(probs_NxL, softmax_np(expected_NxL), **SCORE_TOL)
     assert labels == [r["label"] for r in read_jsonl(out / "ensemble" / "predictions.jsonl")]
+
+
+def test_the_ensemble_weighs_members_by_their_accuracy_before_training(pet_run, tmp_path):
+    """PET's wmean: member m weighted by its train_set_before_training (results.json); the
+    tiny run's members both have 0.25, so other weights are set here."""
+    from jaxpet.predict import load
+
+    out, config = pet_run
+    predictor = load(ensemble_view(out, tmp_path / "run", weights=[0.75, 0.125]))
+    members_MxNxL = np.stack([np.load(out / m / "eval_logits.npy") for m in MEMBERS])
+    expected_NxL = (0.75 * members_MxNxL[0] + 0.125 * members_MxNxL[1]) / 0.875
+    scores_NxL = predictor.scores(eval_examples(config))
+    np.testing.assert_allclose(scores_NxL, expected_NxL, **EXACT_TOL)
+    # an unweighted mean differs from it by more than the tolerance
+    assert np.abs(members_MxNxL.mean(0) - expected_NxL).max() > 10 * EXACT_TOL["atol"]
 
 
 def test_batches_share_one_compiled_program(pet_run):
@@ -330,7 +348,9 @@ def test_over_long_text_is_truncated_with_one_warning(pet_run, eval_records, tmp
     source.write_text("".join(json.dumps(r) + "\n" for r in [
         {"id": "a", "text_a": long_text}, {"id": "b", "text_a": "world news"},
         {"id": "c", "text_a": long_text, "text_b": long_text}]))
-    status, printed, errors = _cli([out / "p0-s0" / "model", "--input", source], capsys)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # a warning per input would show every time
+        status, printed, errors = _cli([out / "p0-s0" / "model", "--input", source], capsys)
     assert status == 0, errors
     assert len(_records(printed)) == 3
     warned = [line for line in errors.splitlines() if line.startswith("warning:")]
