@@ -211,6 +211,13 @@ def evaluate_in_folder(config: Config, trained: Config, run: Path, out: Path,
             f"sc-s*/model with jaxpet.json); the run was trained with output.save_models="
             f"{trained.output.save_models!r} or by a jaxpet that did not save models. Train it "
             "again with output.save_models=all (or final)")
+    for folder in [run / stage / name for stage, found in names.items() for name in found] + [
+            run / name for name in baselines] + ([run / "distilled"] if distilled else []):
+        task = read_card(folder / "model").task
+        if task != config.task.name:  # before any data loads: the files are another task's
+            raise ConfigError(f"{folder / 'model' / 'jaxpet.json'}: the model was trained on "
+                              f"task {task!r}, the config's task.name is "
+                              f"{config.task.name!r}")
     enable_compilation_cache(config.compilation_cache)
     # the unlabeled set scores nothing here: only the labeled sets are read
     data = load_task_data(dataclasses.replace(
