@@ -193,17 +193,15 @@ class PetalResult:
 
 def _load_labeled(config: Config) -> tuple[list[Any], list[Any], list[str]]:
     """(labeled train examples, unlabeled examples, label names); errors name the key."""
-    from jaxpet.data.tasks import get_task, load_examples
-    from jaxpet.run_setup import register_config_task
+    from jaxpet.data.tasks import load_examples
+    from jaxpet.run_setup import task_spec
 
     task = config.task
-    if task.definition is not None:
-        register_config_task(task)
     try:
-        spec = get_task(task.name)
+        spec = task_spec(task)  # with task.hf_dataset: the dataset's splits
     except KeyError as error:
         raise ConfigError(f"config key 'task.name': {error}") from None
-    train = load_examples(task.name, task.data_dir, "train", task.train_examples,
+    train = load_examples(spec, task.data_dir, "train", task.train_examples,
                           task.sample_seed, task.split_examples_evenly)
     labels = [str(label) for label in spec.labels]
     train = [e for e in train if e.label is not None]
@@ -215,7 +213,7 @@ def _load_labeled(config: Config) -> tuple[list[Any], list[Any], list[str]]:
         raise ValueError(f"petal: label(s) {missing} of task {task.name!r} have no labeled "
                          f"example among the {len(train)} (raise task.train_examples or set "
                          "task.split_examples_evenly)")
-    unlabeled = (load_examples(task.name, task.data_dir, "unlabeled", task.unlabeled_examples)
+    unlabeled = (load_examples(spec, task.data_dir, "unlabeled", task.unlabeled_examples)
                  if task.unlabeled_examples and config.petal.max_words > 0 else [])
     return train, unlabeled, labels
 
@@ -232,9 +230,10 @@ def _model_params(config: Config, unlabeled: list[Any]) -> tuple[Any, Any]:
         return lm, lm.params
     from jaxpet import mlm_pretrain
     from jaxpet.data.tasks import load_examples
+    from jaxpet.run_setup import task_spec
 
     task = config.task
-    text = unlabeled or load_examples(task.name, task.data_dir, "unlabeled",
+    text = unlabeled or load_examples(task_spec(task), task.data_dir, "unlabeled",
                                       task.unlabeled_examples)
     params, _ = mlm_pretrain.run(config, lm, text, build_mesh(config), config.output_dir)
     return lm, params
