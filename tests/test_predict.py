@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -480,3 +481,31 @@ def test_the_readme_snippet_gives_the_transformers_classifiers_probabilities(pet
     # model's answers differ by > 1e-2
     np.testing.assert_allclose(scope["probs"], softmax_np(logits_NxL), atol=1e-4)
     assert scope["labels"] == [LABELS[i] for i in logits_NxL.argmax(-1)]
+
+
+def test_ipet_and_classifier_run_layouts(pet_run, tmp_path):
+    """An iPET run's final ensemble is its last generation's members; a sequence_classifier
+    run's final model is its classifier (one; several are not merged by the run)."""
+    from jaxpet.predict import load
+
+    out, config = pet_run
+    ipet = tmp_path / "ipet"
+    for generation, member in (("g0", "p0-s0"), ("g1", "p1-s0")):
+        (ipet / generation / "p0-s0").mkdir(parents=True)
+        (ipet / generation / "p0-s0" / "model").symlink_to(out / member / "model")
+        shutil.copy(out / member / "results.json", ipet / generation / "p0-s0")
+    predictor = load(ipet)
+    assert [s.folder for s in predictor.scorers] == [ipet / "g1" / "p0-s0" / "model"]
+    np.testing.assert_allclose(predictor.scores(eval_examples(config)),
+                               np.load(out / "p1-s0" / "eval_logits.npy"), **SCORE_TOL)
+    classifier = tmp_path / "sc"
+    (classifier / "sc-s0").mkdir(parents=True)
+    (classifier / "sc-s0" / "model").symlink_to(out / "distilled" / "model")
+    labels, probs_NxL = load(classifier).predict(eval_examples(config))
+    np.testing.assert_allclose(probs_NxL, softmax_np(np.load(
+        out / "distilled" / "eval_logits.npy")), **SCORE_TOL)
+    (classifier / "sc-s1").mkdir()
+    (classifier / "sc-s1" / "model").symlink_to(out / "distilled" / "model")
+    with pytest.raises(ValueError, match=r"sc: a sequence_classifier run with 2 classifiers, "
+                                         r"which the run does not merge; name one: "):
+        load(classifier)
