@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = str(ROOT / "configs" / "demo.yaml")
 T5_DEMO = str(ROOT / "configs" / "t5_tiny_offline.yaml")
 # The subcommands `jaxpet` has (README "Command line"); written here, not read from jaxpet.cli.
-SUBCOMMANDS = ("train", "report", "petal", "config", "init-model")
+SUBCOMMANDS = ("train", "predict", "report", "petal", "config", "init-model")
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
