@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from tiny_t5 import make_t5_tokenizer, make_tiny_t5
 
@@ -128,3 +129,20 @@ def test_a_second_run_on_a_locked_folder_stops_naming_the_holder(capsys, space, 
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_non_finite_loss_stops_text2text(capsys, space, tmp_path):
+    out = tmp_path / "out"
+    # one update at a learning rate of 1e30 sends the weights to ~1e30: step 2's loss is not
+    # finite (the schedule has no warm-up: warmup_steps is 0)
+    status, _, err = cli(capsys, space, out, "text2text.learning_rate=1e30",
+                         "text2text.max_steps=4")
+    assert status == 2 and "Traceback" not in err
+    assert ("text2text: non-finite loss or gradient at step 2; training stopped (last good "
+            f"checkpoint: step 1 in {out / 'checkpoints'})") in err
+    log = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in log] == [1, 2]  # step 2's NaN or inf is logged as null or inf
+    assert np.isfinite([log[0]["loss"], log[0]["grad_norm"]]).all()
+    assert not np.isfinite([float(log[1][k] or "nan") for k in ("loss", "grad_norm")]).all()
+    assert not (out / "results.json").exists() and not (out / "model").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["1"]
