@@ -193,11 +193,14 @@ def _decode(raw: bytes, name: str) -> str:
 
 def read_input(path: str, task: str) -> list[Example]:
     """The examples of an input file: `-` is stdin with one text per line; a .txt file the
-    same; JSONL or CSV (header row) with a text_a column; else the task's own file format
-    (read as its test split, labels dropped). Errors name the file and line."""
+    same; JSONL or CSV (header row) with a text_a column; a folder written by datasets'
+    save_to_disk with such columns; else the task's own file format (read as its test split,
+    labels dropped). Errors name the file and line (the dataset's split and row)."""
     if path == "-":
         return _lines(_decode(sys.stdin.buffer.read(), "stdin"), "stdin")
     file = Path(path)
+    if file.is_dir():
+        return _dataset_folder(path)
     if not file.is_file():
         raise FileNotFoundError(f"{path}: input file not found")
     text = _decode(file.read_bytes(), path)
@@ -221,6 +224,26 @@ def read_input(path: str, task: str) -> list[Example]:
             f"{path}:1: no 'text_a' column (has {keys}); give text_a, and optionally text_b, "
             f"choices, id, or task {task!r}'s own format, as which it did not read: "
             f"{error.args[0]}") from None
+
+
+def _dataset_folder(path: str) -> list[Example]:
+    """The rows of a save_to_disk folder (its one split, or its "test" split) as inputs."""
+    from jaxpet.data.hf_dataset import load_splits
+
+    splits = load_splits(path)
+    name = next(iter(splits)) if len(splits) == 1 else "test" if "test" in splits else None
+    if name is None:
+        raise PredictInputError(f"{path}: a dataset with splits {sorted(splits)}; give one "
+                                "split (or one named 'test') to label")
+    dataset, where = splits[name], f"{path} [split {name!r}]"
+    if "text_a" not in dataset.column_names:
+        raise PredictInputError(f"{where}: no 'text_a' column (has {dataset.column_names}); "
+                                "each input needs text_a, and may have text_b, choices and id")
+    examples = [example_from_record(row, str(i), f"{where}, row {i}")
+                for i, row in enumerate(dataset.to_list())]
+    if not examples:
+        raise PredictInputError(f"{where}: no rows")
+    return examples
 
 
 def _lines(text: str, name: str) -> list[Example]:

@@ -509,3 +509,17 @@ def test_ipet_and_classifier_run_layouts(pet_run, tmp_path):
     with pytest.raises(ValueError, match=r"sc: a sequence_classifier run with 2 classifiers, "
                                          r"which the run does not merge; name one: "):
         load(classifier)
+
+
+def test_cli_a_saved_dataset_folder(pet_run, eval_records, tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    out, _ = pet_run
+    datasets.Dataset.from_list(eval_records).save_to_disk(str(tmp_path / "news"))
+    status, printed, errors = _cli([out / "p0-s0" / "model", "--input", tmp_path / "news"],
+                                   capsys)
+    assert status == 0, errors
+    _check_output(_records(printed), out / "p0-s0", [r["id"] for r in eval_records])
+    datasets.Dataset.from_list([{"text": "world news"}]).save_to_disk(str(tmp_path / "bad"))
+    status, _, errors = _cli([out / "p0-s0" / "model", "--input", tmp_path / "bad"], capsys)
+    assert status == 2
+    assert f"{tmp_path / 'bad'} [split 'train']: no 'text_a' column (has ['text'])" in errors
