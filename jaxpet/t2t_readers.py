@@ -1,5 +1,6 @@
 """Readers for local text-to-text data files: translation TSV/JSONL, CNN/DailyMail JSONL, GLUE TSV
-(MNLI, STS-B) and SQuAD v1.1 JSON.  Each returns plain dict records for jaxpet.t2t_tasks."""
+(MNLI, STS-B), SQuAD v1.1 JSON, and splits of a Hugging Face dataset.  Each returns plain dict
+records for jaxpet.t2t_tasks."""
 
 from __future__ import annotations
 
@@ -152,4 +153,24 @@ def read_squad(path: str) -> list[Record]:
                 answers = [answer["text"] for answer in qa.get("answers", [])]
                 records.append({"id": qa["id"], "question": qa["question"],
                                 "context": paragraph["context"], "answers": answers})
+    return records
+
+
+def read_hf_dataset(path: str, split: str, name: str | None = None) -> list[Record]:
+    """The records (one dict per row) of `split` of a Hugging Face dataset: a save_to_disk
+    folder or a hub name (needs jaxpet[datasets]). A ClassLabel column gives its label names,
+    as a text-to-text target wants them."""
+    from jaxpet.data.hf_dataset import load_splits
+
+    splits = load_splits(path, name)
+    if split not in splits:
+        raise DataFileError(f"{path}: no split {split!r}; the dataset has {sorted(splits)}")
+    dataset = splits[split]
+    names = {column: feature.names for column, feature in dataset.features.items()
+             if getattr(feature, "names", None)}
+    records = dataset.to_list()
+    for record in records:
+        for column, labels in names.items():
+            value = record[column]
+            record[column] = labels[value] if isinstance(value, int) and value >= 0 else value
     return records

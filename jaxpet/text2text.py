@@ -58,7 +58,7 @@ def check_data_files(section: Text2TextConfig) -> None:
     the message names the config keys to change."""
     for key in ("train_file", "eval_file"):
         file_name = getattr(section, key)
-        if not file_name:
+        if not file_name or section.reader == "hf_dataset":  # split names, read at load time
             continue
         path = data_path(section, file_name)
         if not os.path.isfile(path):
@@ -81,6 +81,8 @@ def read_records(section: Text2TextConfig, file_name: str, limit: int = -1
         records = t2t_readers.read_glue_tsv(path, options["task"])
     elif section.reader == "squad":
         records = t2t_readers.read_squad(path)
+    elif section.reader == "hf_dataset":  # file_name is the dataset's split
+        records = t2t_readers.read_hf_dataset(options["path"], file_name, options.get("name"))
     else:
         records = read_jsonl(path)
     if not records:
@@ -376,7 +378,14 @@ def run_fingerprint(config: Text2TextRunConfig) -> dict[str, Any]:
     values = json.loads(json.dumps(values, default=str))  # tuples -> lists, as stored
     values["jaxpet_version"] = jaxpet.__version__
     section = config.text2text
-    for key in ("train_file", "eval_file"):
+    if section.reader == "hf_dataset":  # a save_to_disk folder: its files (a hub name: as is)
+        from jaxpet.data.hf_dataset import local_folder
+
+        folder = local_folder(section.reader_options)
+        if folder is not None:
+            values.update(fingerprint.folder_identity(folder,
+                                                      "text2text.reader_options.path:files"))
+    for key in () if section.reader == "hf_dataset" else ("train_file", "eval_file"):
         if getattr(section, key):  # check_data_files has made sure that it exists
             path = Path(data_path(section, getattr(section, key)))
             values[f"text2text.{key}:files/{path.name}"] = fingerprint.file_identity(path)

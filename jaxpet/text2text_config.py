@@ -30,7 +30,7 @@ from jaxpet.config import (
     read_yaml,
 )
 
-READERS = ("translation", "cnn_dailymail", "glue_tsv", "squad", "jsonl")
+READERS = ("translation", "cnn_dailymail", "glue_tsv", "squad", "jsonl", "hf_dataset")
 FORMATS = ("translate", "summarize", "mnli", "stsb", "squad", "glue", "template")
 METRICS = ("auto", "bleu", "rouge", "squad", "accuracy", "correlation", "none")
 # format_options each built-in format needs (checked when the config loads, not per record).
@@ -48,7 +48,9 @@ class Text2TextConfig(TrainingConfig):
     train_file: str = MISSING  # labeled training file (not needed when max_steps is 0)
     eval_file: str = ""  # file to evaluate on after training ("" = no evaluation)
     # jaxpet.t2t_readers reader: translation (.tsv / .jsonl), cnn_dailymail (.jsonl),
-    # glue_tsv (reader_options.task: mnli | stsb), squad (v1.1 .json), jsonl (one object a line)
+    # glue_tsv (reader_options.task: mnli | stsb), squad (v1.1 .json), jsonl (one object a line),
+    # hf_dataset (reader_options {path: save_to_disk folder or hub name, name: hub config};
+    # train_file / eval_file name the dataset's splits; needs jaxpet[datasets])
     reader: str = "jsonl"
     reader_options: dict[str, Any] = field(default_factory=dict)  # e.g. {source_key: en}
     train_examples: int = -1  # first N training records; -1 = all
@@ -118,6 +120,14 @@ def validate_text2text(section: Text2TextConfig) -> None:
     for option in FORMAT_OPTIONS.get(section.format, ()):
         _check(bool(section.format_options.get(option)), f"format_options.{option}",
                f"is required with format {section.format!r}")
+    if section.reader == "hf_dataset":
+        _check(bool(section.reader_options.get("path")), "reader_options.path",
+               "is required with reader 'hf_dataset' (a save_to_disk folder or a hub name)")
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            raise ConfigError("config key 'text2text.reader' is 'hf_dataset' but the datasets "
+                              "package is not installed: pip install jaxpet[datasets]") from None
     if section.reader == "glue_tsv":
         _check(section.reader_options.get("task") in ("mnli", "stsb"), "reader_options.task",
                "must be 'mnli' or 'stsb' with reader 'glue_tsv'")

@@ -18,6 +18,7 @@ from jaxpet.config import ConfigError, load_config
 from jaxpet.data.hf_dataset import HfDatasetError, hf_task, register_hf_task
 from jaxpet.data.tasks import get_task, load_examples
 from jaxpet.fingerprint import run_fingerprint
+from jaxpet.outputs import read_jsonl
 
 AGNEWS_NAMES = ["World", "Sports", "Business", "Sci/Tech"]  # the hub's ClassLabel of AG News
 
@@ -241,3 +242,52 @@ def test_without_datasets_the_config_names_the_extra(workspace, tmp_path, monkey
     with pytest.raises(ConfigError, match=r"task.hf_dataset' is set but the datasets package "
                        r"is not installed: pip install jaxpet\[datasets\]"):
         _hf_config(workspace, tmp_path / "out")
+
+
+T2T_DATA = Path(__file__).resolve().parent / "data" / "t2t"
+T5_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "t5_tiny_offline.yaml"
+
+
+@pytest.mark.slow
+def test_text2text_reads_dataset_splits_as_its_jsonl_files(tmp_path):
+    """reader hf_dataset: the splits of a save_to_disk folder (labels a ClassLabel) give the
+    records of the JSONL files, label names included; a 2-step run on each writes the same
+    predictions and metrics."""
+    from tiny_t5 import make_t5_tokenizer, make_tiny_t5
+
+    from jaxpet.text2text import run
+    from jaxpet.text2text_config import load_text2text_config
+    from jaxpet.training import FAST_CPU_COMPILE
+
+    names = ["positive", "negative"]
+    splits = {}
+    for split in ("train", "dev"):
+        records = [json.loads(line) for line in (T2T_DATA / f"sentiment_{split}.jsonl").open()]
+        splits[split] = datasets.Dataset.from_dict(
+            {"id": [r["id"] for r in records], "text": [r["text"] for r in records],
+             "label": [names.index(r["label"]) for r in records]},
+            features=datasets.Features({"id": datasets.Value("string"),
+                                        "text": datasets.Value("string"),
+                                        "label": datasets.ClassLabel(names=names)}))
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "sentiment_hf"))
+    model = tmp_path / "t5"
+    make_t5_tokenizer(str(model))
+    make_tiny_t5(str(model), "1.0", vocab_size=224, seed=1)
+    common = [f"model.name={model}", "text2text.max_steps=2", "mesh.data=1",
+              "checkpoint.every=0"]
+    files = load_text2text_config(str(T5_CONFIG), [*common, f"text2text.data_dir={T2T_DATA}"],
+                                  output_dir=str(tmp_path / "out-files"))
+    hf = load_text2text_config(str(T5_CONFIG), [
+        *common, "text2text.reader=hf_dataset", "text2text.train_file=train",
+        "text2text.eval_file=dev", f"text2text.reader_options.path={tmp_path / 'sentiment_hf'}"],
+        output_dir=str(tmp_path / "out-hf"))
+    from jaxpet.text2text import read_records
+
+    assert read_records(hf.text2text, "train") == read_records(files.text2text,
+                                                               "sentiment_train.jsonl")
+    results = [run(c, compiler_options=FAST_CPU_COMPILE) for c in (files, hf)]
+    assert results[1]["metrics"] == results[0]["metrics"]
+    assert [r["prediction"] for r in read_jsonl(tmp_path / "out-hf" / "predictions.jsonl")] == [
+        r["prediction"] for r in read_jsonl(tmp_path / "out-files" / "predictions.jsonl")]
+    assert any(k.startswith("text2text.reader_options.path:files/train/") for k in json.loads(
+        (tmp_path / "out-hf" / "fingerprint.json").read_text()))

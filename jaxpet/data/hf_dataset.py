@@ -89,8 +89,9 @@ def local_folder(cfg: Mapping[str, Any]) -> str | None:
     return path if path and os.path.isdir(path) else None
 
 
-def _load(path: str, name: str | None) -> dict[str, Any]:
-    """{split name: datasets.Dataset} of a save_to_disk folder or a hub dataset."""
+def load_splits(path: str, name: str | None = None) -> dict[str, Any]:
+    """{split name: datasets.Dataset} of a save_to_disk folder (a Dataset folder is the one
+    split "train") or a hub dataset; errors name the path and the config key."""
     try:
         import datasets
     except ImportError:
@@ -220,7 +221,7 @@ def read_split(cfg: Mapping[str, Any], spec: TaskSpec | None, labels: list[str],
     """(where, examples) of jaxpet's `split`; `where` names the dataset and its split.
     `splits` ({name: datasets.Dataset}) is the dataset when already loaded."""
     if splits is None:
-        splits = _load(cfg["path"], cfg["name"])
+        splits = load_splits(cfg["path"], cfg["name"])
     chosen = dataset_split(cfg, spec, split, sorted(splits))
     dataset = splits[chosen]
     where = f"{cfg['path']} [split {chosen!r}]"
@@ -269,7 +270,7 @@ def hf_task(cfg: Any, name: str, labels: list[str] | None = None,
                              "its files (task.data_dir)")
     labels = [str(label) for label in (labels if labels is not None else base.labels)]
     source = f"hf:{valid['path']}" + (f"/{valid['name']}" if valid["name"] else "")
-    dataset = functools.cache(lambda: _load(valid["path"], valid["name"]))  # once per TaskSpec
+    dataset = functools.cache(lambda: load_splits(valid["path"], valid["name"]))  # once a spec
 
     def load_split(split: str) -> tuple[str, list[Example]]:
         return read_split(valid, base, labels, split, dataset())
@@ -302,5 +303,5 @@ def register_hf_task(name: str, definition: Mapping[str, Any], cfg: Any) -> Task
                          load_split=spec.load_split)
 
 
-__all__ = ["HfDatasetError", "check_config", "hf_task", "local_folder", "read_split",
+__all__ = ["HfDatasetError", "check_config", "hf_task", "load_splits", "local_folder", "read_split",
            "register_hf_task", "with_dataset"]
