@@ -291,3 +291,22 @@ def test_text2text_reads_dataset_splits_as_its_jsonl_files(tmp_path):
         r["prediction"] for r in read_jsonl(tmp_path / "out-files" / "predictions.jsonl")]
     assert any(k.startswith("text2text.reader_options.path:files/train/") for k in json.loads(
         (tmp_path / "out-hf" / "fingerprint.json").read_text()))
+
+
+def test_datasets_is_an_extra_that_runs_without_hf_dataset_never_import(monkeypatch):
+    """make install leaves datasets out: the demo's config, data and fingerprint need none."""
+    import tomllib
+
+    from jaxpet.run_setup import load_task_data
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    named = lambda reqs: {r.split(">")[0].split("=")[0].strip().lower() for r in reqs}  # noqa: E731
+    assert "datasets" not in named(project["dependencies"])
+    extras = project["optional-dependencies"]
+    assert "datasets" in named(extras["datasets"]) and "datasets" in named(extras["test"])
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    config = load_config(root / "configs" / "demo.yaml")
+    data = load_task_data(config)
+    assert len(data.train) == 10 and data.eval and data.unlabeled
+    assert any(k.startswith("task.data_dir:files/") for k in run_fingerprint(config))
