@@ -75,12 +75,17 @@ def backbone(lm: Any) -> str:
 def host_params(params: Any) -> Any:
     """The parameters as host numpy arrays (gathered from every process when sharded)."""
     import jax
+    import numpy as np
 
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
+    def to_host(leaf: Any) -> np.ndarray:
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            from jax.experimental import multihost_utils
 
-        return multihost_utils.process_allgather(params, tiled=True)
-    return jax.device_get(params)
+            # a collective: every process gathers the same leaves in the same (tree) order
+            return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+        return np.asarray(jax.device_get(leaf))
+
+    return jax.tree.map(to_host, params)
 
 
 def save(folder: Path, lm: Any, params: Any, card: ModelCard) -> Path | None:
