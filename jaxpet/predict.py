@@ -122,14 +122,19 @@ class Predictor:
         return [self.labels[i] for i in np.argmax(scores_NxL, axis=-1)], probs_NxL
 
     def warn_truncated(self, examples: Sequence[Example]) -> None:
-        """One warning for all inputs whose text alone has more tokens than max_seq_length:
-        they are cut as in training (PET's truncation of the shortenable parts)."""
+        """One warning for all inputs whose texts and special tokens alone need more than
+        max_seq_length tokens: they are cut as in training (PET's truncation of the
+        shortenable parts). A pattern's own words may cut a few more texts than it names."""
+        from jaxpet.prompts.encoding import special_layout
+
         tokenizer = self.scorers[0].lm.tokenizer
-        texts = [e.text_a for e in examples]
-        pairs = [e.text_b or "" for e in examples]
-        lengths_N = np.asarray([len(ids) for ids in tokenizer(texts, add_special_tokens=False)[
-            "input_ids"]]) + np.asarray([len(ids) for ids in tokenizer(
-                pairs, add_special_tokens=False)["input_ids"]])
+        def count(texts: list[str]) -> np.ndarray:
+            return np.asarray([len(ids) for ids in tokenizer(
+                texts, add_special_tokens=False)["input_ids"]])
+
+        specials = {pair: special_layout(tokenizer, pair).num_special for pair in (False, True)}
+        lengths_N = (count([e.text_a for e in examples]) + count([e.text_b or "" for e in examples])
+                     + np.asarray([specials[bool(e.text_b)] for e in examples]))
         long = np.flatnonzero(lengths_N > self.max_seq_length)
         if long.size:
             warnings.warn(
@@ -413,6 +418,8 @@ def load(path: str | Path, batch_size: int | None = None) -> Predictor:
     merges them, by `pet.reduction` with the members' wmean weights, else the one classifier
     of a sequence_classifier run). `batch_size` replaces the run's eval.batch_size."""
     path = Path(path)
+    if not is_saved_model(path) and is_saved_model(path / "model"):
+        path = path / "model"  # a member folder (p0-s0) or distilled/, named without model/
     if is_saved_model(path):
         scorer = load_scorer(path, batch_size)
         return Predictor([scorer], list(scorer.card.labels), "model",

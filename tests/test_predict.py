@@ -509,6 +509,8 @@ def test_ipet_and_classifier_run_layouts(pet_run, tmp_path):
     with pytest.raises(ValueError, match=r"sc: a sequence_classifier run with 2 classifiers, "
                                          r"which the run does not merge; name one: "):
         load(classifier)
+    # a member folder named without its model/ is that model
+    assert [s.folder for s in load(out / "p1-s0").scorers] == [out / "p1-s0" / "model"]
 
 
 def test_cli_a_saved_dataset_folder(pet_run, eval_records, tmp_path, capsys):
