@@ -481,6 +481,48 @@ def test_the_readme_snippet_gives_the_transformers_classifiers_probabilities(pet
     # model's answers differ by > 1e-2
     np.testing.assert_allclose(scope["probs"], softmax_np(logits_NxL), atol=1e-4)
     assert scope["labels"] == [LABELS[i] for i in logits_NxL.argmax(-1)]
+    assert np.ptp(softmax_np(logits_NxL)) > 1e-2  # the classifier's answers are not uniform
+
+
+def test_the_readme_commands(pet_run, eval_records, tmp_path, monkeypatch, capsys):
+    """README "Use a trained model": its three commands on the tiny run's folder."""
+    import csv
+    import re
+    import shlex
+
+    out, _ = pet_run
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Use a trained model", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].strip() for line in re.findall(
+        r"```bash\n(.*?)```", section, re.S)[0].splitlines()]
+    assert len(commands) == 3
+    (tmp_path / "news.jsonl").write_text("".join(json.dumps(r) + "\n" for r in eval_records))
+    with open(tmp_path / "news.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, ["id", "text_a", "text_b"])
+        writer.writeheader()
+        writer.writerows(eval_records)
+    monkeypatch.chdir(tmp_path)
+    printed = []
+    for command in commands:
+        command = command.replace("runs/demo", str(out))
+        stdin = ""
+        if "|" in command:  # echo TEXT | jaxpet predict ...
+            echo, command = command.split("|")
+            stdin = shlex.split(echo)[1] + "\n"
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode())))
+        argv = shlex.split(command)
+        assert argv[:2] == ["jaxpet", "predict"]
+        status = main(argv[1:])
+        captured = capsys.readouterr()
+        assert status == 0, captured.err
+        printed.append(captured.out)
+    # the run folder: its distilled classifier; the member folder: that member
+    distilled = read_jsonl(out / "distilled" / "predictions.jsonl")
+    assert [r["label"] for r in read_jsonl(tmp_path / "labels.jsonl")] == [
+        r["label"] for r in distilled]
+    _check_output(_records(printed[1]), out / "p0-s0", [r["id"] for r in eval_records])
+    (line,) = _records(printed[2])
+    assert line["id"] == "1" and set(line["probs"]) == set(LABELS)
 
 
 def test_ipet_and_classifier_run_layouts(pet_run, tmp_path):
