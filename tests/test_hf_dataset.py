@@ -310,3 +310,31 @@ def test_datasets_is_an_extra_that_runs_without_hf_dataset_never_import(monkeypa
     data = load_task_data(config)
     assert len(data.train) == 10 and data.eval and data.unlabeled
     assert any(k.startswith("task.data_dir:files/") for k in run_fingerprint(config))
+
+
+@pytest.mark.slow
+def test_train_py_config_defined_task_on_a_dataset_equals_its_csv_task(workspace):
+    """A config-defined task (only its labels, patterns and verbalizer) on the save_to_disk
+    folder trains and scores as the same task defined on the CSV files."""
+    root = workspace["root"]
+    tree = yaml.safe_load(workspace["config"].read_text())
+    labels = ["1", "2", "3", "4"]
+    shared = {"name": "my-news", "patterns": ["{mask} news : {text_a:shorten} . {text_b:shorten}"],
+              "verbalizer": {"1": "world", "2": "sports", "3": "business", "4": "tech"}}
+    on_files = {**tree["task"], **shared, "definition": {
+        "format": "csv", "text_a": 1, "text_b": 2, "label": 0, "labels": labels,
+        "files": {"train": "train.csv", "dev": "test.csv", "unlabeled": "train.csv"}}}
+    on_dataset = {**{k: v for k, v in tree["task"].items() if k != "data_dir"}, **shared,
+                  "definition": {"labels": labels}, "hf_dataset": {
+                      "path": str(workspace["agnews_hf"]), "columns": COLUMNS,
+                      "splits": {"dev": "test"}}}
+    for name, task in (("files", on_files), ("dataset", on_dataset)):
+        path = root / f"my-news-{name}.yaml"
+        path.write_text(yaml.safe_dump({**tree, "task": task}))
+        assert train_main(["--config", str(path), f"output_dir={root / f'out-my-{name}'}",
+                           *RUN]) == 0
+    files_NxL = np.load(root / "out-my-files" / "p0-s0" / "eval_logits.npy")
+    # as above: 1e-6 catches one example out of place or a text cut differently
+    np.testing.assert_allclose(np.load(root / "out-my-dataset" / "p0-s0" / "eval_logits.npy"),
+                               files_NxL, atol=1e-6)
+    assert len(files_NxL) == len(_csv_rows(workspace["data"] / "test.csv"))
