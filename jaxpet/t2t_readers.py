@@ -162,7 +162,7 @@ def read_hf_dataset(path: str, split: str, name: str | None = None) -> list[Reco
     as a text-to-text target wants them."""
     from jaxpet.data.hf_dataset import load_splits
 
-    splits = load_splits(path, name)
+    splits = load_splits(path, name, key="text2text.reader_options")
     if split not in splits:
         raise DataFileError(f"{path}: no split {split!r}; the dataset has {sorted(splits)}")
     dataset = splits[split]

@@ -205,8 +205,17 @@ def test_errors_name_the_dataset_the_key_and_what_exists(workspace, tmp_path):
         _spec(folder, colums=COLUMNS)
     with pytest.raises(HfDatasetError, match=r"task 'copa' needs fields beyond"):
         hf_task({"path": str(folder)}, "copa", base=get_task("copa"))
-    with pytest.raises(HfDatasetError, match=r"no such dataset folder"):
+    with pytest.raises(HfDatasetError, match=r"nowhere: no such folder \(config key "
+                       r"'task.hf_dataset.path'"):
         load_examples(_spec(tmp_path / "nowhere", columns=COLUMNS), None, "train")
+    with pytest.raises(HfDatasetError, match=rf"{workspace['data']}: not a folder written by "
+                       r"Dataset.save_to_disk"):
+        load_examples(_spec(workspace["data"], columns=COLUMNS), None, "train")
+    # a hub name, offline (conftest): one line, not the loader's traceback
+    with pytest.raises(HfDatasetError, match=r"no-such-owner/no-such-set: not a local folder, "
+                       r"and loading it from the Hugging Face hub failed"):
+        load_examples(hf_task({"path": "no-such-owner/no-such-set", "columns": COLUMNS},
+                              "agnews", base=get_task("agnews")), None, "train")
 
 
 def _labels_dataset(tmp_path: Path, labels: list, dtype: str) -> Path:

@@ -89,26 +89,29 @@ def local_folder(cfg: Mapping[str, Any]) -> str | None:
     return path if path and os.path.isdir(path) else None
 
 
-def load_splits(path: str, name: str | None = None) -> dict[str, Any]:
+def load_splits(path: str, name: str | None = None, key: str = "task.hf_dataset"
+                ) -> dict[str, Any]:
     """{split name: datasets.Dataset} of a save_to_disk folder (a Dataset folder is the one
-    split "train") or a hub dataset; errors name the path and the config key."""
+    split "train") or a hub dataset; errors name the path and the config key (`key`.path)."""
     try:
         import datasets
     except ImportError:
-        raise HfDatasetError("config key 'task.hf_dataset' needs the datasets package: pip "
-                             "install jaxpet[datasets]") from None
+        raise HfDatasetError(f"config key '{key}' needs the datasets package: pip install "
+                             "jaxpet[datasets]") from None
     folder = os.path.expanduser(path)
     if os.path.isdir(folder):
         if name is not None:
-            raise _fail("name", f"applies to hub datasets; {path} is a save_to_disk folder")
+            raise HfDatasetError(f"config key '{key}.name' applies to hub datasets; {path} is "
+                                 "a save_to_disk folder")
         try:
             loaded = datasets.load_from_disk(folder)
-        except FileNotFoundError as error:
+        except FileNotFoundError:
             raise HfDatasetError(f"{path}: not a folder written by Dataset.save_to_disk or "
-                                 f"DatasetDict.save_to_disk ({error})") from None
+                                 f"DatasetDict.save_to_disk (config key '{key}.path')") from None
     elif os.path.exists(folder) or path.startswith((os.sep, ".", "~")):
-        raise HfDatasetError(f"{path}: no such dataset folder (config key "
-                             "'task.hf_dataset.path')")
+        what = "not a folder" if os.path.exists(folder) else "no such folder"
+        raise HfDatasetError(f"{path}: {what} (config key '{key}.path': a save_to_disk "
+                             "folder or a hub dataset name)")
     else:
         try:
             loaded = datasets.load_dataset(path, name)
@@ -116,7 +119,7 @@ def load_splits(path: str, name: str | None = None) -> dict[str, Any]:
             message = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise HfDatasetError(f"{path}: not a local folder, and loading it from the Hugging "
                                  f"Face hub failed: {type(error).__name__}: {message} (config "
-                                 "key 'task.hf_dataset.path')") from None
+                                 f"key '{key}.path')") from None
     if isinstance(loaded, datasets.Dataset):
         return {"train": loaded}
     return dict(loaded)
