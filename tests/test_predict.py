@@ -567,3 +567,43 @@ def test_cli_a_saved_dataset_folder(pet_run, eval_records, tmp_path, capsys):
     status, _, errors = _cli([out / "p0-s0" / "model", "--input", tmp_path / "bad"], capsys)
     assert status == 2
     assert f"{tmp_path / 'bad'} [split 'train']: no 'text_a' column (has ['text'])" in errors
+
+
+@pytest.mark.slow
+def test_a_config_defined_task_in_a_fresh_process(workspace, tmp_path):
+    """A task defined in the config alone (reader, template pattern, verbalizer): a new
+    `jaxpet predict` process rebuilds it from the card and labels as the run evaluated."""
+    import subprocess
+
+    from jaxpet.config import load_config
+
+    config = workspace["root"] / "custom.yaml"
+    config.write_text(f"""\
+method: pet
+output_dir: {tmp_path / "out"}
+seed: 3
+no_distillation: true
+compilation_cache: ""
+task:
+  name: my-news
+  data_dir: {workspace["data"]}
+  train_examples: 8
+  unlabeled_examples: 0
+  definition: {{format: csv, text_a: 1, text_b: 2, label: 0, labels: ["1", "2", "3", "4"],
+               files: {{train: train.csv, dev: test.csv, test: test.csv}}}}
+  patterns: ["{{text_a:shorten}} news : {{mask}} . {{text_b:shorten}}"]
+  verbalizer: {{"1": world, "2": sports, "3": business, "4": tech}}
+model: {{name: {workspace["model"]}}}
+pet: {{pattern_ids: [0], repetitions: 1, max_seq_length: 32, train_batch_size: 4,
+      max_steps: 3, learning_rate: 1e-2}}
+eval: {{batch_size: 8, zero_shot: false}}
+mesh: {{data: 1}}
+logging: {{progress: false, every: 1}}
+""")
+    out = run_and_save(load_config(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxpet.cli", "predict", str(out), "--input",
+         str(workspace["data"] / "test.csv")], capture_output=True, text=True, timeout=600,
+        cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    _check_output(_records(done.stdout), out / "p0-s0", [f"test-{i}" for i in range(16)])
