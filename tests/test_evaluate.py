@@ -69,6 +69,8 @@ def test_evaluate_reproduces_the_runs_members_ensemble_and_distilled_metrics(pet
     check_same_scores(run_dir, folder, "distilled")
     assert results["distilled"]["metrics"] == trained["distilled"]["metrics"]
     assert results["patterns"] == trained["patterns"]
+    check_same_scores(run_dir, folder, "sc-s0")  # the supervised baseline
+    assert results["classifier"]["summary"] == trained["classifier"]["summary"]
     summary = (folder / "summary.md").read_text()
     assert "method evaluate" in summary and "distilled classifier" in summary
     assert not list(folder.rglob("model.safetensors"))  # it saves no models of its own

@@ -3,6 +3,7 @@ transformers with the trained weights and their jaxpet.json; output.save_models;
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -61,9 +62,15 @@ def test_single_token_member_cards(pet_run, member):
     assert saved["config"]["pet"]["pattern_ids"] == [0, 1]
     assert saved["config"]["output_dir"] == str(pet_run["out"])
     stored = (pet_run["out"] / "fingerprint.json").read_text()
-    import json
-
     assert saved["fingerprint"] == json.loads(stored)
+
+
+def test_the_baseline_classifier_is_saved_with_its_card(pet_run):
+    saved = card(pet_run["out"] / "sc-s0" / "model")
+    assert saved["scorer"] == "classifier" and saved["member"] == "sc-s0"
+    assert saved["labels"] == AGNEWS_LABELS and saved["max_seq_length"] == 32
+    config = json.loads((pet_run["out"] / "sc-s0" / "model" / "config.json").read_text())
+    assert config["id2label"] == dict(zip("0123", AGNEWS_LABELS, strict=True))
 
 
 def test_the_distilled_pipeline_answers_the_task_label_names(pet_run):
