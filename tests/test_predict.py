@@ -327,8 +327,8 @@ def test_over_long_text_is_truncated_with_one_warning(pet_run, eval_records, tmp
 
 @pytest.fixture(scope="module")
 def copa_run(tmp_path_factory):
-    """A COPA run (multi-token answers, two patterns, two steps, ltr decoding: not the
-    default) reported as the merged ensemble, without distillation."""
+    """A COPA run (multi-token answers, one pattern, two steps, ltr decoding: not the
+    default) reported as its ensemble, without distillation."""
     import torch
     from test_multitoken_pet import COPA, _copa_records, _vocab, _write_jsonl
     from tiny_models import tiny_hf_config
@@ -353,7 +353,7 @@ no_distillation: true
 compilation_cache: ""
 task: {{name: copa, data_dir: {root / "copa"}, unlabeled_examples: 0}}
 model: {{name: {root / "tiny-bert"}}}
-pet: {{pattern_ids: [0, 1], repetitions: 1, max_seq_length: 32, train_batch_size: 8,
+pet: {{pattern_ids: [1], repetitions: 1, max_seq_length: 32, train_batch_size: 8,
       max_steps: 2, learning_rate: 1e-2, decoding_strategy: ltr}}
 eval: {{batch_size: 8, zero_shot: false}}
 mesh: {{data: 1}}
@@ -377,10 +377,10 @@ def test_multi_token_members_and_ensemble_decode_as_the_run(copa_run, copa_predi
     from jaxpet.saved_model import read_card
 
     out, config = copa_run
-    assert read_card(out / "p0-s0" / "model").decoding == "ltr"
+    assert read_card(out / "p1-s0" / "model").decoding == "ltr"
     examples = eval_examples(config)
     assert copa_predictor.source == "ensemble"
-    for member, scorer in zip(("p0-s0", "p1-s0"), copa_predictor.scorers, strict=True):
+    for member, scorer in zip(("p1-s0",), copa_predictor.scorers, strict=True):
         assert scorer.card.scorer == "candidates" and scorer.folder == out / member / "model"
         np.testing.assert_allclose(scorer.scores(examples),
                                    np.load(out / member / "eval_logits.npy"), **EXACT_TOL)
@@ -393,14 +393,14 @@ def test_multi_token_members_and_ensemble_decode_as_the_run(copa_run, copa_predi
     source.write_text("".join(json.dumps({
         "text_a": e.text_a, "choices": [e.meta["choice1"], e.meta["choice2"]],
         "question": e.meta["question"]}) + "\n" for e in examples))
-    status, printed, errors = _cli([out / "p0-s0" / "model", "--input", source], capsys)
+    status, printed, errors = _cli([out / "p1-s0" / "model", "--input", source], capsys)
     assert status == 0, errors
     got_NxC = np.array([[r["scores"][c] for c in ("0", "1")] for r in _records(printed)])
-    np.testing.assert_allclose(got_NxC, np.load(out / "p0-s0" / "eval_logits.npy"),
+    np.testing.assert_allclose(got_NxC, np.load(out / "p1-s0" / "eval_logits.npy"),
                                **EXACT_TOL)
     # without the choices COPA cannot be scored: one line naming the input and the example
     source.write_text(json.dumps({"text_a": "The sun rose.", "question": "effect"}) + "\n")
-    status, _, errors = _cli([out / "p0-s0" / "model", "--input", source], capsys)
+    status, _, errors = _cli([out / "p1-s0" / "model", "--input", source], capsys)
     assert status == 2
     assert f"{source}: example '1' lacks meta field 'choice1'" in errors, errors
 
@@ -414,7 +414,7 @@ def test_the_decoding_strategy_is_the_cards(copa_run, copa_predictor):
     scorer.config = dataclasses.replace(scorer.config, pet=dataclasses.replace(
         scorer.config.pet, decoding_strategy="max_first"))
     other_NxC = scorer.scores(eval_examples(config))
-    assert np.abs(other_NxC - np.load(out / "p0-s0" / "eval_logits.npy")).max() > 5 * EXACT_TOL[
+    assert np.abs(other_NxC - np.load(out / "p1-s0" / "eval_logits.npy")).max() > 5 * EXACT_TOL[
         "atol"]
 
 
