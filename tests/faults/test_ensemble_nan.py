@@ -84,6 +84,7 @@ def workspace(tmp_path_factory):
     return build_workspace(tmp_path_factory.mktemp("ensemble_nan"))
 
 
+@pytest.mark.slow  # a train.py run of two members compiled together, ~40 s on 2 shared cores
 def test_parallel_members_with_a_huge_learning_rate(capsys, workspace, tmp_path):
     out = tmp_path / "out"
     # one update at a learning rate of 1e30 sends the weights to ~1e30: step 2's loss is NaN
