@@ -128,6 +128,7 @@ class Predictor:
         from jaxpet.prompts.encoding import special_layout
 
         tokenizer = self.scorers[0].lm.tokenizer
+
         def count(texts: list[str]) -> np.ndarray:
             return np.asarray([len(ids) for ids in tokenizer(
                 texts, add_special_tokens=False)["input_ids"]])
