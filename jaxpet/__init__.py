@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 # Submodules reachable as attributes (`import jaxpet; jaxpet.losses.cloze_loss`), imported on
 # first use so that `import jaxpet` (the CLI's first line) does not load JAX and transformers.
-__all__ = ["data", "decoding", "losses", "models", "prompts"]
+__all__ = ["data", "decoding", "losses", "models", "predict", "prompts"]
 
 
 def __getattr__(name: str) -> ModuleType:

@@ -22,6 +22,8 @@ HEADS = {"cloze": "mlm", "candidates": "mlm", "seq2seq": "seq2seq", "classifier"
 # input columns with a meaning of their own; every other column or field goes to Example.meta
 INPUT_KEYS = ("id", "text_a", "text_b", "choices")
 
+__all__ = ["Predictor", "PredictInputError", "load", "predict_file", "read_input"]
+
 
 class PredictInputError(ValueError):
     """An input file jaxpet predict cannot read; the message names the file and line."""
