@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+# The names atomic_write and atomic_folder fill before the rename: ".NAME." + tempfile's 8
+# random characters + the suffix. Only a kill or a power loss mid-write leaves one behind.
+TMP_SUFFIX = ".tmp"
+PARTIAL_SUFFIX = ".partial"
+_RANDOM = r"[a-z0-9_]{8}"  # tempfile's random part: 8 of a-z, 0-9 and _
+LEFTOVER_FILE = re.compile(rf"\..+\.{_RANDOM}{re.escape(TMP_SUFFIX)}")
+LEFTOVER_FOLDER = re.compile(rf"\..+\.{_RANDOM}{re.escape(PARTIAL_SUFFIX)}")
 
 
 def umask() -> int:
@@ -30,7 +39,8 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[IO], object], bina
     and renamed into place: the file appears complete or not at all."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX,
+                                        dir=path.parent)
     try:
         # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask)
         os.chmod(tmp_name, 0o666 & ~umask())
@@ -53,7 +63,8 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     mid-export so never leaves a folder with a config and no weights under `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    partial = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX,
+                                        dir=path.parent))
     try:
         # mkdtemp creates the folder 0700; give it the mode mkdir would (0777 less the umask)
         os.chmod(partial, 0o777 & ~umask())
@@ -64,3 +75,33 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+def remove_leftovers(folder: str | os.PathLike) -> list[Path]:
+    """Deletes what interrupted atomic writes left anywhere under `folder`: files named like
+    atomic_write's temporary files and folders named like atomic_folder's, nothing else
+    (symbolic links are neither followed nor removed). Says so in one line when it removes
+    any, and returns the removed paths.
+
+    Only call it while no other process writes into `folder` (the run's lock is held): a
+    running write's temporary name looks the same as a dead one's."""
+    removed: list[Path] = []
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            path = Path(root) / name
+            if LEFTOVER_FILE.fullmatch(name) and not path.is_symlink():
+                path.unlink()
+                removed.append(path)
+        for name in list(dirs):
+            path = Path(root) / name
+            if LEFTOVER_FOLDER.fullmatch(name) and not path.is_symlink():
+                shutil.rmtree(path)
+                removed.append(path)
+                dirs.remove(name)  # gone: nothing to walk into
+    removed.sort()
+    if removed:
+        names = [os.path.relpath(path, folder) for path in removed]
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        print(f"removed {len(removed)} unfinished temporary file(s)/folder(s) of an interrupted "
+              f"write in {folder}: {shown}")
+    return removed

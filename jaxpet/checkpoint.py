@@ -3,7 +3,9 @@
 A checkpoint holds the whole state pytree (step, params, opt_state). Restores go into the
 shardings of a target state, so a run can resume on a different mesh. Orbax writes into a
 temporary folder and renames it when complete, so a process killed mid-save leaves the
-previous checkpoint as the latest one.
+previous checkpoint as the latest one; the next Checkpointer on the folder has orbax delete
+such unfinished folders. A save that fails in orbax's background threads (a full disk) is
+raised in the caller's thread at the next save or wait, without orbax's own tracebacks.
 
 Multi-host: every process calls save and restore (they are collective) with the same folder
 on storage that all hosts share (a common mount or a `gs://` URL); each process writes and
@@ -12,6 +14,7 @@ reads only the shards of its own devices, so a restore never gathers the state o
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import warnings
@@ -33,18 +36,52 @@ def checkpoint_directory(directory: str | os.PathLike) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+class _QuietThreadErrors(logging.Filter):
+    """Drops orbax's ERROR records that carry a traceback: its background save threads log
+    the error of a failed save (once per thread, hundreds of lines) before it is raised again
+    in the caller's thread, where jaxpet reports it in one line. JAXPET_TRACEBACK=1 keeps
+    them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if os.environ.get("JAXPET_TRACEBACK"):
+            return True
+        return not (record.levelno >= logging.ERROR and record.exc_info
+                    and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _quiet_orbax_thread_errors() -> None:
+    logger = logging.getLogger("absl")  # orbax logs through absl's logger
+    if not any(isinstance(f, _QuietThreadErrors) for f in logger.filters):
+        logger.addFilter(_QuietThreadErrors())
+
+
 class Checkpointer:
     """Thin wrapper over ocp.CheckpointManager keeping the `max_to_keep` latest steps."""
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2, save_every: int = 0):
         self.directory = checkpoint_directory(directory)
         self.save_every = int(save_every)
+        _quiet_orbax_thread_errors()
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(max_to_keep),
             enable_async_checkpointing=True,
             create=True,
+            # a save killed mid-write leaves "STEP.orbax-checkpoint-tmp", never read as a
+            # checkpoint; orbax deletes it here (the run's lock keeps other writers out)
+            cleanup_tmp_directories=True,
         )
+        unfinished = self._unfinished()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        if unfinished:
+            print(f"removing {len(unfinished)} unfinished checkpoint folder(s) of an "
+                  f"interrupted save in {self.directory}: {', '.join(unfinished)}")
+
+    def _unfinished(self) -> list[str]:
+        """Names of the unfinished save folders orbax will delete (process 0 reports them)."""
+        if jax.process_index() != 0 or not os.path.isdir(self.directory):
+            return []
+        return sorted(os.path.basename(str(path.get()))
+                      for path in ocp.utils.tmp_checkpoints(self.directory))
 
     def save(self, step: int, state: Any, force: bool = False) -> bool:
         """Starts an asynchronous save of `state` at `step` when forced or on a save_every step.

@@ -492,6 +492,7 @@ def start_folder(config: Config, out: Path, overwrite: bool) -> None:
     import jax
 
     from jaxpet import fingerprint
+    from jaxpet.atomic import remove_leftovers
 
     current = fingerprint.run_fingerprint(config)
     if overwrite:
@@ -499,6 +500,9 @@ def start_folder(config: Config, out: Path, overwrite: bool) -> None:
             fingerprint.clear_folder(out)
     else:
         fingerprint.check_folder(out, current)
+        if jax.process_index() == 0:
+            # the folder is locked: a temporary name in it is a dead write's, never read
+            remove_leftovers(out)
     if config.mlm_pretrain.enabled and config.mlm_pretrain.checkpoint_dir:
         # a warm-up folder outside the run may be shared with other runs: it has its own
         check_warmup_folder(config, Path(config.mlm_pretrain.checkpoint_dir), overwrite)
