@@ -5,7 +5,8 @@ shardings of a target state, so a run can resume on a different mesh. Orbax writ
 temporary folder and renames it when complete, so a process killed mid-save leaves the
 previous checkpoint as the latest one; the next Checkpointer on the folder has orbax delete
 such unfinished folders. A save that fails in orbax's background threads (a full disk) is
-raised in the caller's thread at the next save or wait, without orbax's own tracebacks.
+raised in the caller's thread at the next save or wait, without the tracebacks of orbax's
+threads and of its writes still in flight.
 
 Multi-host: every process calls save and restore (they are collective) with the same folder
 on storage that all hosts share (a common mount or a `gs://` URL); each process writes and
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import warnings
 from typing import Any
 
@@ -53,6 +55,24 @@ def _quiet_orbax_thread_errors() -> None:
     logger = logging.getLogger("absl")  # orbax logs through absl's logger
     if not any(isinstance(f, _QuietThreadErrors) for f in logger.filters):
         logger.addFilter(_QuietThreadErrors())
+    if not getattr(sys.unraisablehook, "_jaxpet_quiet", False):
+        sys.unraisablehook = _quiet_closed_loop_callbacks(sys.unraisablehook)
+
+
+def _quiet_closed_loop_callbacks(previous: Any) -> Any:
+    """After a failed save, writes still in flight finish and call back into orbax's event
+    loop, already closed: Python prints each "Event loop is closed" as an unraisable error's
+    traceback. The save's own error reaches the caller; these say nothing more, so they are
+    dropped (JAXPET_TRACEBACK=1 keeps them); every other unraisable error goes to `previous`."""
+
+    def hook(unraisable: Any) -> None:
+        if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value)
+                == "Event loop is closed" and not os.environ.get("JAXPET_TRACEBACK")):
+            return
+        previous(unraisable)
+
+    hook._jaxpet_quiet = True  # type: ignore[attr-defined]
+    return hook
 
 
 class Checkpointer:
