@@ -131,20 +131,25 @@ def test_a_text2text_rerun_removes_leftovers_and_unfinished_checkpoints(space, t
     shutil.copytree(space["out"], out)
     checkpoints = out / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["1", "2"]
-    # a kill while orbax saved step 2: its folder still has the temporary name orbax gives it
-    # (as the full-disk test's stderr shows: ".../checkpoints/1.orbax-checkpoint-tmp/...")
-    (checkpoints / "2").rename(checkpoints / "2.orbax-checkpoint-tmp")
+    # killed while orbax saved step 1: step 1 still has the temporary name orbax gives a save
+    # in progress (as the full-disk test's stderr shows: ".../checkpoints/1.orbax-checkpoint-
+    # tmp/..."), step 2 never came; the rerun saves only every 2nd step, so no later save of
+    # step 1 would replace that folder
+    shutil.rmtree(checkpoints / "2")
+    (checkpoints / "1").rename(checkpoints / "1.orbax-checkpoint-tmp")
     (checkpoints / "notes.orbax").mkdir()  # not orbax's temporary name: kept
     leftover = kill_mid_write("file", out / "predictions.jsonl")
     (out / ".predictions.jsonl.abc.tmp").write_text("kept\n")
-    status, printed, err = cli(capsys, space, out)
+    status, printed, err = cli(capsys, space, out, "checkpoint.every=2")
     assert status == 0, err
     assert (f"removed 1 unfinished temporary file(s)/folder(s) of an interrupted write in "
             f"{out}: {leftover.name}") in printed
     assert (f"removing 1 unfinished checkpoint folder(s) of an interrupted save in "
-            f"{checkpoints}: 2.orbax-checkpoint-tmp") in printed
+            f"{checkpoints}: 1.orbax-checkpoint-tmp") in printed
     assert not leftover.exists()
     assert (out / ".predictions.jsonl.abc.tmp").read_text() == "kept\n"
-    # step 1 restored, step 2 trained and saved again under its own name
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["1", "2", "notes.orbax"]
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["2", "notes.orbax"]
+    # trained from the start again (nothing restorable): the uninterrupted run's results
+    got, want = (json.loads((p / "results.json").read_text()) for p in (out, space["out"]))
+    assert untimed(got) == untimed(want)
     assert_nothing_half_written(out)
