@@ -1,6 +1,7 @@
 """iPET set sizes and sampling edge cases against PET's rules written out by hand (pet.md)."""
 
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -118,3 +119,42 @@ def test_defaults_are_pets_quarter_of_the_models_wmean_and_seed_42():
             indices += pool[drawn].tolist()
         assert got[name].unlabeled_indices.tolist() == indices
         assert got[name].label_ids.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_two_members_are_enough_and_each_is_labeled_by_the_other():
+    logits_NxL = {"a": np.array([[4.0, 0.0], [0.0, 4.0]]), "b": np.array([[0.0, 4.0], [4.0, 0.0]])}
+    sets = generate_train_sets(logits_NxL, {"a": 1.0, "b": 1.0}, [1, 1], logits_percentage=1.0)
+    # PET's rule: a's set comes from b's argmax and b's from a's (example 0 is label 1 for b)
+    assert dict(zip(sets["a"].unlabeled_indices.tolist(), sets["a"].label_ids.tolist(), strict=True)) == {
+        1: 0, 0: 1}
+    assert dict(zip(sets["b"].unlabeled_indices.tolist(), sets["b"].label_ids.tolist(), strict=True)) == {
+        0: 0, 1: 1}
+
+
+def test_n_most_likely_zero_means_off_like_minus_one():
+    logits_MxNxL = np.array([[[3.0, 0.0], [0.0, 3.0], [2.0, 0.0], [0.0, 1.0]]])
+    off = _sample(logits_MxNxL, [2, 2], n_most_likely=-1)
+    zero = _sample(logits_MxNxL, [2, 2], n_most_likely=0)
+    np.testing.assert_array_equal(zero.unlabeled_indices, off.unlabeled_indices)
+    np.testing.assert_array_equal(zero.label_ids, off.label_ids)
+
+
+def test_no_labels_or_zero_quotas_give_an_empty_set_of_integer_arrays():
+    logits_MxNxL = np.zeros((1, 3, 2))
+    for quota, n_most_likely in (([], 3), ([0, 0], -1)):
+        empty = _sample(logits_MxNxL, quota, n_most_likely=n_most_likely)
+        assert empty.unlabeled_indices.shape == empty.label_ids.shape == (0,)
+        # the sets index the unlabeled examples: an empty set must still be integer arrays
+        assert empty.unlabeled_indices.dtype == empty.label_ids.dtype == np.int64
+
+
+def test_an_empty_label_warns_only_when_it_has_a_quota():
+    logits_MxNxL = np.zeros((1, 3, 2))
+    logits_MxNxL[0, :, 0] = 1.0  # every example is label 0; label 1 has no candidate
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a quota of 0 for the empty label is no loss: no warning
+        quiet = _sample(logits_MxNxL, [2, 0])
+    assert sorted(quiet.label_ids.tolist()) == [0, 0]
+    with pytest.warns(UserWarning, match="^iPET: no unlabeled example is predicted as label 1; "
+                                         "its quota of 1 examples stays empty$"):
+        _sample(logits_MxNxL, [2, 1])
