@@ -1,6 +1,7 @@
-"""Tiny trained runs shared by test_saved_models.py and test_evaluate.py, each trained once per
-session: the parameters each training returned are kept (a spy on jaxpet.pet.train), so that a
-test can compare a saved model with what was really trained."""
+"""Tiny trained runs shared by test_saved_models.py, test_evaluate.py and test_predict.py, each
+trained once per session (per xdist worker): the parameters each training returned are kept
+(a spy on jaxpet.pet.train), so that a test can compare a saved model with what was really
+trained."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def train(config: Any) -> dict[str, Any]:
     return trained
 
 
-def _agnews_workspace(factory: Any) -> dict[str, Path]:
+def agnews_workspace(factory: Any) -> dict[str, Path]:
+    """build_workspace's AG News data, tiny BERT and config (once per session)."""
     if "workspace" not in _RUNS:
         _RUNS["workspace"] = build_workspace(factory.mktemp("saved_models"))
     return _RUNS["workspace"]
@@ -57,7 +59,7 @@ def _run(key: str, factory: Any, overrides: list[str]) -> dict[str, Any]:
     from jaxpet.config import load_config
 
     if key not in _RUNS:
-        space = _agnews_workspace(factory)
+        space = agnews_workspace(factory)
         out = space["root"] / f"out-{key}"
         config = load_config(space["config"], [
             f"output_dir={out}", "eval.zero_shot=false", "pet.learning_rate=1e-2",
@@ -89,7 +91,7 @@ def ipet_final_run(factory: Any) -> dict[str, Any]:
 
 
 def copa_run(factory: Any) -> dict[str, Any]:
-    """COPA (multi-token answers), pattern 0, two steps, ltr decoding, not distilled."""
+    """COPA (multi-token answers), pattern 1, two steps, ltr decoding, not distilled."""
     from test_multitoken_pet import COPA, _copa_records, _vocab, _write_jsonl
     from tiny_models import tiny_hf_config
 
@@ -116,7 +118,7 @@ no_distillation: true
 compilation_cache: ""
 task: {{name: copa, data_dir: {root / "copa"}, unlabeled_examples: 0}}
 model: {{name: {root / "tiny-bert"}}}
-pet: {{pattern_ids: [0], repetitions: 1, max_seq_length: 32, train_batch_size: 8,
+pet: {{pattern_ids: [1], repetitions: 1, max_seq_length: 32, train_batch_size: 8,
       max_steps: 2, learning_rate: 1e-2, decoding_strategy: ltr}}
 eval: {{batch_size: 8, zero_shot: false}}
 mesh: {{data: 1}}
@@ -133,7 +135,7 @@ def t5_run(factory: Any) -> dict[str, Any]:
     from test_t5_pet_pipeline import make_tiny_t5_backbone
 
     if "t5" not in _RUNS:
-        space = _agnews_workspace(factory)
+        space = agnews_workspace(factory)
         t5 = space["root"] / "tiny-t5"
         make_tiny_t5_backbone(t5)
         _RUNS["t5"] = _run("t5-run", factory, [

@@ -87,12 +87,12 @@ def test_evaluate_without_run_dir_writes_into_the_runs_evaluate_folder(pet_run):
 
 @pytest.mark.slow
 def test_evaluate_reproduces_multi_token_and_t5_members(tmp_path_factory, tmp_path):
-    for name, run in (("copa", saved_runs.copa_run(tmp_path_factory)),
-                      ("t5", saved_runs.t5_run(tmp_path_factory))):
+    for name, run, member in (("copa", saved_runs.copa_run(tmp_path_factory), "p1-s0"),
+                              ("t5", saved_runs.t5_run(tmp_path_factory), "p0-s0")):
         trained = json.loads((run["out"] / "results.json").read_text())
         folder, results = evaluate(run, tmp_path / name)
-        check_same_scores(run["out"], folder, "p0-s0")
-        assert results["members"]["p0-s0"]["metrics"] == trained["members"]["p0-s0"]["metrics"]
+        check_same_scores(run["out"], folder, member)
+        assert results["members"][member]["metrics"] == trained["members"][member]["metrics"]
         check_same_scores(run["out"], folder, "ensemble")
 
 

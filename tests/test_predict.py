@@ -14,7 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_train_cli import build_workspace
+import saved_runs
 
 import jaxpet.pet
 import jaxpet.training
@@ -53,10 +53,14 @@ def softmax_np(scores_NxL: np.ndarray) -> np.ndarray:
 
 def run_and_save(config) -> Path:
     """Runs `config`; the pipeline saves every member it trains (output.save_models: all)."""
+    jaxpet.pet.run(config)
+    return all_members_saved(Path(config.output_dir))
+
+
+def all_members_saved(out: Path) -> Path:
+    """`out`, after checking that the run saved every member it trained (save_models: all)."""
     from jaxpet.saved_model import is_saved_model
 
-    jaxpet.pet.run(config)
-    out = Path(config.output_dir)
     members = [m for m in out.glob("p*-s*") if (m / "results.json").exists()]
     assert members and all(is_saved_model(m / "model") for m in members), members
     return out
@@ -71,17 +75,15 @@ def eval_examples(config) -> list:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    return build_workspace(tmp_path_factory.mktemp("predict"))
+    return saved_runs.agnews_workspace(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def pet_run(workspace):
-    """A PET run (two patterns, three steps each) distilled into a classifier."""
-    from jaxpet.config import load_config
-
-    config = load_config(workspace["config"], ["eval.zero_shot=false", "pet.learning_rate=1e-2",
-                                               "classifier.unlabeled_batch_size=8"])
-    return run_and_save(config), config
+def pet_run(tmp_path_factory):
+    """A PET run (two patterns, three steps each) distilled into a classifier: the one that
+    test_saved_models and test_evaluate check too (trained once per session)."""
+    run = saved_runs.pet_run(tmp_path_factory)
+    return all_members_saved(run["out"]), run["config"]
 
 
 @pytest.mark.parametrize("member", MEMBERS)
@@ -327,40 +329,10 @@ def test_over_long_text_is_truncated_with_one_warning(pet_run, eval_records, tmp
 
 @pytest.fixture(scope="module")
 def copa_run(tmp_path_factory):
-    """A COPA run (multi-token answers, one pattern, two steps, ltr decoding: not the
-    default) reported as its ensemble, without distillation."""
-    import torch
-    from test_multitoken_pet import COPA, _copa_records, _vocab, _write_jsonl
-    from tiny_models import tiny_hf_config
-    from transformers import BertForMaskedLM, BertTokenizer
-
-    from jaxpet.config import load_config
-
-    root = tmp_path_factory.mktemp("predict_copa")
-    (root / "copa").mkdir()
-    _write_jsonl(root / "copa" / "train.jsonl", _copa_records(COPA, 2))
-    _write_jsonl(root / "copa" / "val.jsonl", _copa_records(COPA[:4], 3))
-    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(_vocab())})
-    torch.manual_seed(0)
-    BertForMaskedLM(tiny_hf_config("bert", len(tokenizer), tokenizer)).save_pretrained(
-        str(root / "tiny-bert"))
-    tokenizer.save_pretrained(str(root / "tiny-bert"))
-    (root / "copa.yaml").write_text(f"""\
-method: pet
-output_dir: {root / "out"}
-seed: 1
-no_distillation: true
-compilation_cache: ""
-task: {{name: copa, data_dir: {root / "copa"}, unlabeled_examples: 0}}
-model: {{name: {root / "tiny-bert"}}}
-pet: {{pattern_ids: [1], repetitions: 1, max_seq_length: 32, train_batch_size: 8,
-      max_steps: 2, learning_rate: 1e-2, decoding_strategy: ltr}}
-eval: {{batch_size: 8, zero_shot: false}}
-mesh: {{data: 1}}
-logging: {{progress: false, every: 1}}
-""")
-    config = load_config(root / "copa.yaml")
-    return run_and_save(config), config
+    """A COPA run (multi-token answers, pattern 1, two steps, ltr decoding: not the
+    default) reported as its ensemble, without distillation: saved_runs' (once per session)."""
+    run = saved_runs.copa_run(tmp_path_factory)
+    return all_members_saved(run["out"]), run["config"]
 
 
 @pytest.fixture(scope="module")
@@ -421,19 +393,9 @@ def test_the_decoding_strategy_is_the_cards(copa_run, copa_predictor):
 @pytest.fixture(scope="module")
 def t5_run(tmp_path_factory):
     """A PET run on a tiny T5 backbone (label words of several tokens, scored by the decoder),
-    one pattern, three steps, no distillation."""
-    from test_t5_pet_pipeline import make_tiny_t5_backbone
-
-    from jaxpet.config import load_config
-
-    root = tmp_path_factory.mktemp("predict_t5")
-    space = build_workspace(root)
-    make_tiny_t5_backbone(root / "tiny-t5")
-    config = load_config(space["config"], [
-        f"model.name={root / 'tiny-t5'}", "no_distillation=true", "pet.pattern_ids=[1]",
-        "pet.lm_training=false", "pet.learning_rate=5e-3", "eval.zero_shot=false",
-        "task.unlabeled_examples=0"])
-    return run_and_save(config), config
+    pattern 0, two steps, no distillation: saved_runs' (once per session)."""
+    run = saved_runs.t5_run(tmp_path_factory)
+    return all_members_saved(run["out"]), run["config"]
 
 
 @pytest.mark.slow
@@ -448,10 +410,10 @@ def test_a_t5_member_scores_as_the_run(t5_run):
     with pytest.warns(UserWarning, match="inputs have more tokens than the model's "
                                          "max_seq_length=32"):
         labels, probs_NxL = predictor.predict(examples)
-    expected_NxL = np.load(out / "p1-s0" / "eval_logits.npy")
+    expected_NxL = np.load(out / "p0-s0" / "eval_logits.npy")
     np.testing.assert_allclose(predictor.scorers[0].scores(examples), expected_NxL,
                                **EXACT_TOL)
-    assert labels == [r["label"] for r in read_jsonl(out / "p1-s0" / "predictions.jsonl")]
+    assert labels == [r["label"] for r in read_jsonl(out / "p0-s0" / "predictions.jsonl")]
     np.testing.assert_allclose(probs_NxL, softmax_np(expected_NxL), **SCORE_TOL)
 
 

@@ -107,13 +107,13 @@ def test_multi_token_members_are_saved_as_candidates_scorers(tmp_path_factory):
     from transformers import BertForMaskedLM
 
     run = saved_runs.copa_run(tmp_path_factory)
-    folder = run["out"] / "p0-s0" / "model"
+    folder = run["out"] / "p1-s0" / "model"
     saved = card(folder)
     assert saved["scorer"] == "candidates" and saved["task"] == "copa"
-    assert saved["labels"] == ["0", "1"] and saved["pattern_id"] == 0
+    assert saved["labels"] == ["0", "1"] and saved["pattern_id"] == 1
     assert saved["decoding"] == "ltr"  # the run's pet.decoding_strategy, not the default
     model = BertForMaskedLM.from_pretrained(str(folder))
-    trained = run["trained"]["p0-s0"]["encoder"]
+    trained = run["trained"]["p1-s0"]["encoder"]
     embeddings = model.bert.embeddings.word_embeddings.weight.detach().numpy()
     # the saved word embeddings are the trained ones, bit for bit (safetensors is lossless)
     np.testing.assert_array_equal(
