@@ -69,6 +69,11 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         # mkdtemp creates the folder 0700; give it the mode mkdir would (0777 less the umask)
         os.chmod(partial, 0o777 & ~umask())
         yield partial
+        # Some writers (safetensors) create their files 0600 whatever the umask: give every
+        # file the mode open() would, as atomic_write does.
+        for root, _, names in os.walk(partial):
+            for name in names:
+                os.chmod(os.path.join(root, name), 0o666 & ~umask())
         if path.exists():
             shutil.rmtree(path)
         os.replace(partial, path)

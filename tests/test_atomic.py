@@ -50,6 +50,19 @@ def test_folder_mode_follows_the_umask(tmp_path):
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o750  # not mkdtemp's 0700
 
 
+def test_every_file_of_a_saved_model_follows_the_umask(tmp_path):
+    lm = random_model("bert")
+    old = os.umask(0o027)
+    try:
+        save_pretrained(lm, tmp_path / "model")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "model").iterdir()}
+    assert "model.safetensors" in modes
+    # safetensors writes its file 0600 on its own; a saved model must be readable by the group
+    assert set(modes.values()) == {0o640}, modes
+
+
 def test_init_model_refuses_a_folder_that_holds_something_else(tmp_path, capsys):
     keep = tmp_path / "data"
     keep.mkdir()
