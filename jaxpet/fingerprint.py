@@ -174,6 +174,23 @@ def check_folder(folder: Path, fingerprint: Mapping[str, Any], what: str = "outp
                           f"key(s) differ: {shown}{more}. {way_out}")
 
 
+def claim_folder(folder: Path, current: Mapping[str, Any], overwrite: bool,
+                 main_process: bool) -> None:
+    """What a run does first in its locked `folder`: with `overwrite`, deletes the old results;
+    otherwise stops (ConfigError) when they come from another fingerprint, and removes what
+    interrupted writes left behind. Only the main process deletes."""
+    from jaxpet.atomic import remove_leftovers
+
+    if overwrite:
+        if main_process:
+            clear_folder(folder)
+        return
+    check_folder(folder, current)
+    if main_process:
+        # the folder is locked: a temporary name in it is a dead write's, never read
+        remove_leftovers(folder)
+
+
 def write_fingerprint(folder: Path, fingerprint: Mapping[str, Any]) -> Path:
     from jaxpet.outputs import write_json
 

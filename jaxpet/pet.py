@@ -492,17 +492,9 @@ def start_folder(config: Config, out: Path, overwrite: bool) -> None:
     import jax
 
     from jaxpet import fingerprint
-    from jaxpet.atomic import remove_leftovers
 
     current = fingerprint.run_fingerprint(config)
-    if overwrite:
-        if jax.process_index() == 0:
-            fingerprint.clear_folder(out)
-    else:
-        fingerprint.check_folder(out, current)
-        if jax.process_index() == 0:
-            # the folder is locked: a temporary name in it is a dead write's, never read
-            remove_leftovers(out)
+    fingerprint.claim_folder(out, current, overwrite, jax.process_index() == 0)
     if config.mlm_pretrain.enabled and config.mlm_pretrain.checkpoint_dir:
         # a warm-up folder outside the run may be shared with other runs: it has its own
         check_warmup_folder(config, Path(config.mlm_pretrain.checkpoint_dir), overwrite)

@@ -398,17 +398,9 @@ def start_folder(config: Text2TextRunConfig, out: Path, overwrite: bool) -> None
     with another fingerprint (`overwrite` deletes them instead), then stores the config and
     its fingerprint."""
     from jaxpet import fingerprint
-    from jaxpet.atomic import remove_leftovers
 
     current = run_fingerprint(config)
-    if overwrite:
-        if jax.process_index() == 0:
-            fingerprint.clear_folder(out)
-    else:
-        fingerprint.check_folder(out, current)
-        if jax.process_index() == 0:
-            # the folder is locked: a temporary name in it is a dead write's, never read
-            remove_leftovers(out)
+    fingerprint.claim_folder(out, current, overwrite, jax.process_index() == 0)
     if jax.process_index() == 0:
         fingerprint.write_fingerprint(out, current)
         outputs.write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
