@@ -20,6 +20,8 @@ from jaxpet.text2text import run
 from jaxpet.text2text_config import load_text2text_config
 from jaxpet.training import FAST_CPU_COMPILE
 
+# train.py runs in this process compile as the finished run's (FAST_CPU_COMPILE)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = ROOT / "configs" / "t5_tiny_offline.yaml"
 
