@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from test_train_cli import build_workspace
 
+import jaxpet.training
 from jaxpet.cli import train_main
 from jaxpet.outputs import read_jsonl
 
@@ -24,11 +25,22 @@ ROOT = Path(__file__).resolve().parents[2]
 # "step DIR K" SIGKILLs the process right after DIR/metrics.jsonl received step K (a real kill:
 # no cleanup, the async checkpoint of the next steps may be half-written); "write DIR N"
 # SIGKILLs it halfway through writing the N-th file that goes into DIR (truncated, synced).
+# Train steps compile with FAST_CPU_COMPILE here and in the test's own runs (fast_compile):
+# the same programs on both sides of every comparison, compiled in half the time.
 KILL_CHILD = r"""
 import os, signal, sys
 from pathlib import Path
-from jaxpet import outputs
+from jaxpet import outputs, training
 from jaxpet.cli import train_main
+
+original_init = training.Trainer.__init__
+
+def init(self, *args, **kwargs):
+    if kwargs.get("compiler_options") is None:
+        kwargs["compiler_options"] = training.FAST_CPU_COMPILE
+    original_init(self, *args, **kwargs)
+
+training.Trainer.__init__ = init
 
 kind, target, number = sys.argv[1], Path(sys.argv[2]).resolve(), int(sys.argv[3])
 if kind == "step":
@@ -113,12 +125,29 @@ def assert_same_results(out: Path, reference: Path, arrays: list[str]) -> None:
                                    rtol=1e-5, atol=1e-6, err_msg=name)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def fast_compile():
+    """The in-process runs' train steps compile as KILL_CHILD's do (FAST_CPU_COMPILE)."""
+    original = jaxpet.training.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        if kwargs.get("compiler_options") is None:
+            kwargs["compiler_options"] = jaxpet.training.FAST_CPU_COMPILE
+        original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jaxpet.training.Trainer, "__init__", init)
+        yield
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     return build_workspace(tmp_path_factory.mktemp("kill_stages"))
 
 
-STEPS = 4
+# three steps: a kill at step 1 or 2 leaves a later step to resume to (and a checkpoint
+# that the kill may or may not let finish); more steps only repeat the same update
+STEPS = 3
 PET = ["pet.pattern_ids=[0,1]", f"pet.max_steps={STEPS}", f"classifier.max_steps={STEPS}",
        "checkpoint.every=1", "eval.zero_shot=false"]
 
@@ -192,7 +221,7 @@ def test_kill_in_text2text(tmp_path, capsys):
     model = tmp_path / "tiny-t5"
     make_t5_tokenizer(str(model))
     make_tiny_t5(str(model), "1.0", vocab_size=224, seed=2)
-    steps_total = 6
+    steps_total = 3  # a kill at step 1 or 2, and a later step to resume to
     step = random.Random().randint(1, steps_total - 1)
     base = ["--config", str(ROOT / "configs" / "t5_tiny_offline.yaml"), f"model.name={model}",
             f"text2text.data_dir={ROOT / 'tests' / 'data' / 't2t'}",
