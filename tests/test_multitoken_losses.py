@@ -112,7 +112,8 @@ def _token_mean_hinge_reference(lp, correct_BxK, wrongs, margin):
 def test_token_id_zero_is_a_real_target_and_candidates_are_not_mask_slots():
     # Token id 0 is a word piece like any other (<s> in RoBERTa's vocabulary); C = 3 candidates
     # over K = 2 mask slots and B = 2 examples keep the three axes apart.
-    logits_BxKxV = RNG.normal(size=(2, 2, 5)).astype(np.float32) * 2
+    # a local stream: the values must not depend on which tests ran before
+    logits_BxKxV = np.random.default_rng(1).normal(size=(2, 2, 5)).astype(np.float32) * 2
     targets_BxCxK = np.array([[[0, -1], [3, 4], [2, -1]], [[1, 0], [0, -1], [-1, -1]]])
     labels_B = np.array([1, 0])
     lp = _log_softmax(logits_BxKxV)
@@ -138,7 +139,7 @@ def test_token_id_zero_is_a_real_target_and_candidates_are_not_mask_slots():
 
 
 def test_a_batch_with_one_correct_token_and_the_default_and_given_margins():
-    logits_BxKxV = RNG.normal(size=(1, 2, 6)).astype(np.float32) * 3
+    logits_BxKxV = np.random.default_rng(4).normal(size=(1, 2, 6)).astype(np.float32) * 3
     choices_Bx2xK = np.array([[[0, -1], [3, 5]]])  # the correct choice has one token, id 0
     labels_B = np.array([0])
     lp = _log_softmax(logits_BxKxV)
@@ -161,7 +162,7 @@ def test_copa_refuses_a_third_choice():
 
 
 def test_wsc_slot_at_position_zero_and_target_token_zero_count():
-    logits_BxKxV = RNG.normal(size=(2, 2, 5)).astype(np.float32) * 2
+    logits_BxKxV = np.random.default_rng(3).normal(size=(2, 2, 5)).astype(np.float32) * 2
     mask_positions_BxK = np.array([[0, 1], [3, -1]])
     targets_BxK = np.array([[0, -1], [0, -1]])
     pad = 4
