@@ -27,7 +27,9 @@ def is_byte_level(tokenizer: Any) -> bool:
     """True for GPT-2/RoBERTa-style byte-level BPE, whose parts need a forced prefix space."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        return type(tokenizer).__name__.startswith(("GPT2", "Roberta"))
+        # transformers 5's pure-Python tokenizers (no Rust backend) include no byte-level BPE:
+        # its GPT-2 and RoBERTa tokenizers always have a backend
+        return False
     return "ByteLevel" in repr(backend.pre_tokenizer)
 
 
