@@ -500,7 +500,11 @@ def start_folder(config: Config, out: Path, overwrite: bool) -> None:
         check_warmup_folder(config, Path(config.mlm_pretrain.checkpoint_dir), overwrite)
     if jax.process_index() == 0:
         fingerprint.write_fingerprint(out, current)
-        outputs.write_text(out / "config.yaml", to_yaml(config))
+        # A rerun may still be refused later (a reused model that its output.save_models
+        # wants was never saved): the folder keeps the finished run's config.yaml until the
+        # rerun itself finishes and stores its own.
+        if not (out / "config.yaml").exists():
+            outputs.write_text(out / "config.yaml", to_yaml(config))
 
 
 def warmup_fingerprint(config: Config) -> dict[str, Any]:
@@ -578,6 +582,7 @@ def run_in_folder(config: Config, out: Path, overwrite: bool, start: float) -> d
         if config.method == "sequence_classifier":
             results["classifier"] = run_classifier(config, data, mesh, out, encoder)
     results["wall_time_s"] = time.perf_counter() - start
+    outputs.write_text(out / "config.yaml", to_yaml(config))
     outputs.write_json(out / "results.json", results)
     from jaxpet.report import write_report
 

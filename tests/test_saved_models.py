@@ -167,20 +167,17 @@ def test_save_models_none_saves_nothing_and_a_rerun_that_wants_models_says_what_
                  "classifier.learning_rate=1e-2", "classifier.unlabeled_batch_size=8",
                  "pet.lm_training=false", "pet.pattern_ids=[0]", "pet.repetitions=2",
                  "classifier.max_steps=1"]
-    # a rerun stores its config.yaml before a stage refuses; the shared run's own config is
-    # put back for test_evaluate, which reads the run's save_models from it
     trained_config = (out / "config.yaml").read_bytes()
-    try:
-        # final: the members are not final models (they are distilled), the classifier is
-        with pytest.raises(ConfigError, match=r"distilled: results\.json exists but .*"
-                                              r"distilled/model was not saved.*--overwrite"):
-            run(load_config(config_file, [*overrides, "output.save_models=final"]))
-        with pytest.raises(ConfigError, match=r"p0-s0: results\.json exists but .*p0-s0/model "
-                                              r"was not saved.*output\.save_models='all'.*"
-                                              r"--overwrite"):
-            run(load_config(config_file, [*overrides, "output.save_models=all"]))
-    finally:
-        (out / "config.yaml").write_bytes(trained_config)
+    # final: the members are not final models (they are distilled), the classifier is
+    with pytest.raises(ConfigError, match=r"distilled: results\.json exists but .*"
+                                          r"distilled/model was not saved.*--overwrite"):
+        run(load_config(config_file, [*overrides, "output.save_models=final"]))
+    with pytest.raises(ConfigError, match=r"p0-s0: results\.json exists but .*p0-s0/model "
+                                          r"was not saved.*output\.save_models='all'.*"
+                                          r"--overwrite"):
+        run(load_config(config_file, [*overrides, "output.save_models=all"]))
+    # a refused rerun leaves the folder's config as its finished run wrote it
+    assert (out / "config.yaml").read_bytes() == trained_config
 
 
 @pytest.mark.slow
