@@ -89,7 +89,9 @@ def _np_mlm(rng_mask, ids_UxS, attn_UxS, specials, tt=False, probability=0.15, t
         rng_mask, ids_UxS, np.isin(ids_UxS, specials), vocab_size=V, mask_token_id=MASK,
         probability=probability, max_targets=targets, attention_mask=attn_UxS))
     assert weights.sum() > 0  # the check below needs real MLM targets
-    logits = _np_table_logits(inputs, np.zeros_like(inputs) if tt else None)
+    if tt is True:  # the labeled rows have token types and the unlabeled rows none: zeros
+        tt = np.zeros_like(inputs)
+    logits = _np_table_logits(inputs, tt if isinstance(tt, np.ndarray) else None)
     lp_UxPxV = _log_softmax(np.take_along_axis(logits, positions[..., None], 1))
     ce_UxP = -np.take_along_axis(lp_UxPxV, np.maximum(targets_UxP, 0)[..., None], -1)[..., 0]
     return (ce_UxP * weights).sum() / weights.sum()
@@ -132,6 +134,23 @@ def test_pet_loss_mixes_cloze_and_mlm_in_one_forward(special_mask):
     (call,) = model.calls  # labeled and unlabeled rows share one forward pass
     assert call["input_ids"].shape == (5, S) and call["positions"].shape == (5, 20)
     np.testing.assert_array_equal(np.asarray(call["token_type_ids"])[3:], 0)
+
+
+def test_the_mlm_term_reads_the_unlabeled_rows_token_types_and_probability():
+    # The pipeline's unlabeled rows are pattern-encoded pairs: BERT must see their segments.
+    model = TableModel()
+    batch = _unlabeled(_labeled_batch())
+    batch["unlabeled_token_type_ids"] = (np.arange(S)[None] >= 8).astype(np.int32).repeat(2, 0)
+    loss_fn = pet_step.make_pet_loss(model.apply, VERBALIZER_LxW, mask_token_id=MASK,
+                                     vocab_size=V, pad_id=PAD, special_token_ids=[CLS],
+                                     mlm_probability=0.4)
+    rng = jax.random.PRNGKey(3)
+    _, aux = loss_fn(PARAMS, batch, rng)
+    mlm = _np_mlm(jax.random.split(rng)[0], batch["unlabeled_input_ids"],
+                  batch["unlabeled_attention_mask"], [CLS, PAD, MASK],
+                  tt=batch["unlabeled_token_type_ids"], probability=0.4)
+    # float32 forward; zero token types or the default 0.15 draw move the MLM term by O(0.1)
+    np.testing.assert_allclose(aux["mlm"], mlm, rtol=1e-5)
 
 
 def test_pet_loss_defaults_are_the_papers():
