@@ -125,10 +125,13 @@ def test_two_members_are_enough_and_each_is_labeled_by_the_other():
     logits_NxL = {"a": np.array([[4.0, 0.0], [0.0, 4.0]]), "b": np.array([[0.0, 4.0], [4.0, 0.0]])}
     sets = generate_train_sets(logits_NxL, {"a": 1.0, "b": 1.0}, [1, 1], logits_percentage=1.0)
     # PET's rule: a's set comes from b's argmax and b's from a's (example 0 is label 1 for b)
-    assert dict(zip(sets["a"].unlabeled_indices.tolist(), sets["a"].label_ids.tolist(), strict=True)) == {
-        1: 0, 0: 1}
-    assert dict(zip(sets["b"].unlabeled_indices.tolist(), sets["b"].label_ids.tolist(), strict=True)) == {
-        0: 0, 1: 1}
+    def labeled(name):
+        pairs = zip(sets[name].unlabeled_indices.tolist(), sets[name].label_ids.tolist(),
+                    strict=True)
+        return dict(pairs)
+
+    assert labeled("a") == {1: 0, 0: 1}
+    assert labeled("b") == {0: 0, 1: 1}
 
 
 def test_n_most_likely_zero_means_off_like_minus_one():
