@@ -36,12 +36,12 @@ from jaxpet.sharding import BATCH_AXES, process_batch_slice, replicated
 from jaxpet.training import (
     LossFn,
     MetricsWriter,
+    SigtermFlag,
     Trainer,
     TrainState,
-    _non_finite_error,
-    _SigtermFlag,
-    _stage_name,
     fit,
+    non_finite_error,
+    stage_name,
 )
 
 MEMBER_AXIS = "member"
@@ -304,7 +304,7 @@ def fit_ensemble(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_steps, initial=start, desc=f"train x{m_count}", dynamic_ncols=True)
-    stage = stage or _stage_name(checkpointer)
+    stage = stage or stage_name(checkpointer)
     latest_good = None if checkpointer is None else checkpointer.latest_step()
     # replicated, so that every process reads all members' steps from its own devices
     first_bad_steps = jax.jit(_first_bad_steps, out_shardings=replicated(trainer.mesh))
@@ -322,7 +322,7 @@ def fit_ensemble(
             if checkpointer is not None:
                 checkpointer.wait()  # the last good checkpoint is complete on disk
             members = ", ".join(str(m) for m in np.flatnonzero(steps_M == first))
-            raise _non_finite_error(first, f"{stage} (member {members})", checkpointer,
+            raise non_finite_error(first, f"{stage} (member {members})", checkpointer,
                                     latest_good)
 
     def flush() -> None:
@@ -350,7 +350,7 @@ def fit_ensemble(
             if force:
                 checkpointer.wait()
 
-    with _SigtermFlag() as sigterm:
+    with SigtermFlag() as sigterm:
         for step in range(start, num_steps):
             stacked = batch_fns(step)
             state, metrics = trainer.train_step(state, trainer.global_batch(stacked), rng_M)

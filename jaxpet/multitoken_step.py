@@ -20,8 +20,8 @@ import jax.numpy as jnp
 
 from jaxpet import multitoken_losses as mt_losses
 from jaxpet.decoding.multi_mask import make_multi_mask_decoder
-from jaxpet.decoding.wsc_match import _generate
-from jaxpet.pet_step import LossFn, _forward
+from jaxpet.decoding.wsc_match import generate_tokens
+from jaxpet.pet_step import LossFn, forward
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -43,7 +43,7 @@ def resolve_loss_variant(task_name: str, variant: str = "auto") -> str:
 def mask_logits(apply_fn: Callable, params: Any, batch: Batch, rng: Array | None) -> Array:
     """MLM logits [B, K, V] (float32) at the mask slots of the batch's inputs."""
     positions_BxK = jnp.maximum(batch["mask_positions"], 0)
-    logits_BxKxV = _forward(apply_fn, params, batch, "", rng, positions=positions_BxK)
+    logits_BxKxV = forward(apply_fn, params, batch, "", rng, positions=positions_BxK)
     return logits_BxKxV.astype(jnp.float32)
 
 
@@ -108,7 +108,7 @@ def make_generate_fn(apply_fn: Callable, strategy: str = "max_first"
     -1 in unused slots), on the generation encoding (inputs [B, S]). For predict."""
 
     def generate_fn(params: Any, batch: Batch) -> Array:
-        return _generate(partial(_logits_at, apply_fn, params), strategy, batch["input_ids"],
+        return generate_tokens(partial(_logits_at, apply_fn, params), strategy, batch["input_ids"],
                          batch["attention_mask"], batch["mask_positions"],
                          batch.get("token_type_ids"))
 

@@ -30,7 +30,7 @@ LossFn = Callable[[Any, Batch, Array], tuple[Array, dict[str, Array]]]
 UNLABELED = "unlabeled_"
 
 
-def _forward(
+def forward(
     apply_fn: Callable, params: Any, batch: Batch, prefix: str, rng: Array | None, **kwargs: Any
 ) -> Array:
     deterministic = rng is None
@@ -132,7 +132,7 @@ def make_pet_loss(
             positions_BxP = jnp.concatenate(
                 [positions_BxP, _pad_columns(mlm_positions_UxP, width, 0)], axis=0
             )
-        logits_BxPxV = _forward(apply_fn, params, joint, "", rng_dropout, positions=positions_BxP)
+        logits_BxPxV = forward(apply_fn, params, joint, "", rng_dropout, positions=positions_BxP)
         logits_BxPxV = logits_BxPxV.astype(jnp.float32)
         scores_BxL = losses.label_logits(logits_BxPxV[:num_labeled, 0], verbalizer_ids_LxW)
         cloze = losses.cloze_loss(scores_BxL, batch["labels"])
@@ -153,7 +153,7 @@ def make_classifier_loss(
     (KL * T^2) towards the teacher scores in `logits` [B, L]; optional `weights` [B]."""
 
     def loss_fn(params: Any, batch: Batch, rng: Array) -> tuple[Array, dict[str, Array]]:
-        logits_BxL = _forward(apply_fn, params, batch, "", rng).astype(jnp.float32)
+        logits_BxL = forward(apply_fn, params, batch, "", rng).astype(jnp.float32)
         weights_B = batch.get("weights")
         if soft_labels:
             loss = losses.distillation_loss(logits_BxL, batch["logits"], temperature, weights_B)
@@ -185,7 +185,7 @@ def make_mlm_loss(
             special_token_ids=specials,
         )
         masked = {**batch, "input_ids": inputs_BxS}
-        logits_BxPxV = _forward(apply_fn, params, masked, "", rng_dropout, positions=positions_BxP)
+        logits_BxPxV = forward(apply_fn, params, masked, "", rng_dropout, positions=positions_BxP)
         mlm = losses.mlm_loss(logits_BxPxV.astype(jnp.float32), targets_BxP, weights_BxP)
         return mlm, {"mlm": mlm}
 
@@ -200,7 +200,7 @@ def make_label_logits_fn(
 
     def label_logits_fn(params: Any, batch: Batch) -> Array:
         positions_Bx1 = jnp.maximum(batch["mask_positions"][:, :1], 0)
-        logits_Bx1xV = _forward(apply_fn, params, batch, "", None, positions=positions_Bx1)
+        logits_Bx1xV = forward(apply_fn, params, batch, "", None, positions=positions_Bx1)
         return losses.label_logits(logits_Bx1xV[:, 0].astype(jnp.float32), verbalizer_ids_LxW)
 
     return label_logits_fn
@@ -210,6 +210,6 @@ def make_classifier_logits_fn(apply_fn: Callable) -> Callable[[Any, Batch], Arra
     """fn(params, batch) -> [B, L] classifier logits (for predict)."""
 
     def classifier_logits_fn(params: Any, batch: Batch) -> Array:
-        return _forward(apply_fn, params, batch, "", None).astype(jnp.float32)
+        return forward(apply_fn, params, batch, "", None).astype(jnp.float32)
 
     return classifier_logits_fn

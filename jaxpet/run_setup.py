@@ -94,11 +94,11 @@ def resolve_model_name(name: str) -> str:
 
 def is_t5_checkpoint(name: str) -> bool:
     """True when the checkpoint `name` (a folder, hub name or "minilm") is a T5 / mT5 model."""
-    from jaxpet.models.pretrained import _resolve_folder, read_config
+    from jaxpet.models.pretrained import read_config, resolve_folder
     from jaxpet.models.t5_config import SUPPORTED_T5_TYPES
 
     # the loader's own folder lookup: the same hub cache and offline errors as load_pretrained
-    folder = _resolve_folder(resolve_model_name(name))
+    folder = resolve_folder(resolve_model_name(name))
     return read_config(folder)["model_type"] in SUPPORTED_T5_TYPES
 
 

@@ -165,7 +165,7 @@ class Trainer:
         return 0 if self._train_step is None else self._train_step._cache_size()
 
 
-class _SigtermFlag:
+class SigtermFlag:
     """Turns SIGTERM and a first SIGINT (Ctrl-C) into a flag that the loop checks between
     steps (main thread only); a second Ctrl-C interrupts at once, as Python's default does."""
 
@@ -174,7 +174,7 @@ class _SigtermFlag:
         self.signum: int | None = None
         self.previous: dict[int, Any] = {}
 
-    def __enter__(self) -> _SigtermFlag:
+    def __enter__(self) -> SigtermFlag:
         for signum in (signal.SIGTERM, signal.SIGINT):
             try:
                 self.previous[signum] = signal.signal(signum, self._handle)
@@ -257,7 +257,7 @@ def _first_bad_step(bad: jax.Array, done: jax.Array, loss: jax.Array,
     return jnp.where((bad < 0) & ~finite, done, bad)
 
 
-def _non_finite_error(bad: int, stage: str, checkpointer: Any, good: int | None) -> Exception:
+def non_finite_error(bad: int, stage: str, checkpointer: Any, good: int | None) -> Exception:
     if checkpointer is None:
         last = "no checkpoint was saved (checkpoint.every is 0)"
     elif good is None:
@@ -269,7 +269,7 @@ def _non_finite_error(bad: int, stage: str, checkpointer: Any, good: int | None)
         "Lower the learning rate, check the data, or a temperature/scale set to 0")
 
 
-def _stage_name(checkpointer: Any) -> str:
+def stage_name(checkpointer: Any) -> str:
     directory = getattr(checkpointer, "directory", None)
     if directory:  # <stage folder>/checkpoints
         return os.path.basename(os.path.dirname(os.path.normpath(directory)))
@@ -334,7 +334,7 @@ def fit(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
-    stage = stage or _stage_name(checkpointer)
+    stage = stage or stage_name(checkpointer)
     latest_good = None if checkpointer is None else checkpointer.latest_step()
     bad = jax.device_put(np.full((), -1, np.int32), replicated(trainer.mesh))
 
@@ -346,7 +346,7 @@ def fit(
                 bar.close()
             if checkpointer is not None:
                 checkpointer.wait()  # the last good checkpoint is complete on disk
-            raise _non_finite_error(first, stage, checkpointer, latest_good)
+            raise non_finite_error(first, stage, checkpointer, latest_good)
 
     def save(done: int, force: bool = False) -> None:
         nonlocal latest_good
@@ -374,7 +374,7 @@ def fit(
             bar.set_postfix(loss=f"{values['loss']:.4f}", ex_s=f"{values['examples_per_s']:.1f}")
         check_finite(bad_then)
 
-    with _SigtermFlag() as sigterm:
+    with SigtermFlag() as sigterm:
         for step in range(start, num_steps):
             local = batch_fn(step)
             batch = global_batch(local, trainer.mesh)

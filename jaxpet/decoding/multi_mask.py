@@ -22,12 +22,12 @@ LogitsFn = Callable[..., Array]
 STRATEGIES = ("max_first", "ltr", "parallel")
 
 
-def _check_strategy(strategy: str) -> None:
+def check_strategy(strategy: str) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown decoding strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
-def _call(logits_fn: LogitsFn, ids_MxS, attn_MxS, pos_MxK, tt_MxS) -> Array:
+def call_at_masks(logits_fn: LogitsFn, ids_MxS, attn_MxS, pos_MxK, tt_MxS) -> Array:
     safe_pos_MxK = jnp.maximum(pos_MxK, 0)
     if tt_MxS is None:
         return logits_fn(ids_MxS, attn_MxS, safe_pos_MxK)
@@ -43,7 +43,7 @@ def _target_log_probs(logits_MxKxV: Array, tgt_MxK: Array) -> Array:
 
 
 def _row_log_probs(logits_fn: LogitsFn, ids_MxS, attn_MxS, pos_MxK, tt_MxS, tok_MxK) -> Array:
-    return _target_log_probs(_call(logits_fn, ids_MxS, attn_MxS, pos_MxK, tt_MxS), tok_MxK)
+    return _target_log_probs(call_at_masks(logits_fn, ids_MxS, attn_MxS, pos_MxK, tt_MxS), tok_MxK)
 
 
 def _rows_equal(x_NxCxD: Array) -> Array:
@@ -85,7 +85,7 @@ def _first_pass_shared(
 
     def shared():
         tt = None if tt_NxCxS is None else gather_rows(tt_NxCxS)
-        logits = _call(logits_fn, gather_rows(ids_NxCxS), gather_rows(attn_NxCxS),
+        logits = call_at_masks(logits_fn, gather_rows(ids_NxCxS), gather_rows(attn_NxCxS),
                        gather_rows(pos_NxCxK), tt)
         logits_NxGxKxV = logits.astype(jnp.float32).reshape(num_ex, num_groups, num_masks, -1)
         log_z_NxGxK = jax.nn.logsumexp(logits_NxGxKxV, axis=-1)
@@ -110,13 +110,13 @@ def _pick(x_MxK: Array, choice_M: Array) -> Array:
     return jnp.take_along_axis(x_MxK, choice_M[:, None], axis=-1)[:, 0]
 
 
-def _write(ids_MxS: Array, pos_M: Array, tok_M: Array, write_M: Array) -> Array:
+def write_tokens(ids_MxS: Array, pos_M: Array, tok_M: Array, write_M: Array) -> Array:
     """ids[m, pos[m]] = tok[m] where write[m]; elementwise, so row-sharded arrays stay local."""
     hit_MxS = (jnp.arange(ids_MxS.shape[1])[None, :] == pos_M[:, None]) & write_M[:, None]
     return jnp.where(hit_MxS, tok_M[:, None].astype(ids_MxS.dtype), ids_MxS)
 
 
-def _leftmost(remaining_MxK: Array, pos_MxK: Array) -> Array:
+def leftmost_slot(remaining_MxK: Array, pos_MxK: Array) -> Array:
     """The remaining slot with the smallest input position (slots need not be sorted)."""
     return jnp.argmin(jnp.where(remaining_MxK, pos_MxK, jnp.iinfo(jnp.int32).max), axis=-1)
 
@@ -126,10 +126,10 @@ def _fill_one(strategy: str, ids_MxS, remaining_MxK, score_M, lp_MxK, pos_MxK, t
     if strategy == "max_first":
         choice_M = jnp.argmax(jnp.where(remaining_MxK, lp_MxK, -jnp.inf), axis=-1)
     else:
-        choice_M = _leftmost(remaining_MxK, pos_MxK)
+        choice_M = leftmost_slot(remaining_MxK, pos_MxK)
     active_M = jnp.any(remaining_MxK, axis=-1)
     score_M = score_M + jnp.where(active_M, _pick(lp_MxK, choice_M), 0.0)
-    ids_MxS = _write(ids_MxS, _pick(pos_MxK, choice_M), _pick(tok_MxK, choice_M), active_M)
+    ids_MxS = write_tokens(ids_MxS, _pick(pos_MxK, choice_M), _pick(tok_MxK, choice_M), active_M)
     filled_MxK = jax.nn.one_hot(choice_M, lp_MxK.shape[-1], dtype=bool) & active_M[:, None]
     return ids_MxS, remaining_MxK & ~filled_MxK, score_M
 
@@ -329,7 +329,7 @@ def multi_mask_decode(
     call this inside your own jax.jit. Inputs may be sharded along N (e.g. NamedSharding over a
     mesh's data axis); the program is compiled for that sharding.
     """
-    _check_strategy(strategy)
+    check_strategy(strategy)
     _check_candidates(mask_positions_NxCxK, target_ids_NxCxK, input_ids_NxCxS)
     _check_blocks(input_ids_NxCxS.shape[0], row_blocks)
     return _decode_jit(
@@ -350,7 +350,7 @@ def make_multi_mask_decoder(
     candidate_mask=None, token_type_ids=None) -> [N, C], where apply_fn(params, ids, mask,
     positions, **kw) -> [M, K, V]. The parameters are traced, so new weights do not recompile.
     """
-    _check_strategy(strategy)
+    check_strategy(strategy)
 
     @jax.jit
     def decode(params, input_ids, attention_mask, mask_positions, target_ids,

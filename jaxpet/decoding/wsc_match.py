@@ -13,7 +13,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxpet.decoding.multi_mask import LogitsFn, _call, _check_strategy, _leftmost, _write
+from jaxpet.decoding.multi_mask import (
+    LogitsFn,
+    call_at_masks,
+    check_strategy,
+    leftmost_slot,
+    write_tokens,
+)
 
 Array = jax.Array
 
@@ -39,7 +45,7 @@ def wsc_generated_text(tokenizer: Any, token_ids_K: Sequence[int]) -> str:
     return tokenizer.decode(kept)
 
 
-def _generate(
+def generate_tokens(
     logits_fn: LogitsFn,
     strategy: str,
     input_ids_NxS: Array,
@@ -53,7 +59,7 @@ def _generate(
         ids_NxS, remaining_NxK, tokens_NxK = state
 
         def forward():
-            logits_NxKxV = _call(logits_fn, ids_NxS, attention_mask_NxS, mask_positions_NxK,
+            logits_NxKxV = call_at_masks(logits_fn, ids_NxS, attention_mask_NxS, mask_positions_NxK,
                                  token_type_ids_NxS).astype(jnp.float32)
             top_tok_NxK = jnp.argmax(logits_NxKxV, axis=-1)
             # Probability of the argmax token = 1 / sum exp(logit - max logit).
@@ -70,11 +76,12 @@ def _generate(
             if strategy == "max_first":
                 choice_N = jnp.argmax(jnp.where(remaining_NxK, top_p_NxK, -1.0), axis=-1)
             else:
-                choice_N = _leftmost(remaining_NxK, mask_positions_NxK)
+                choice_N = leftmost_slot(remaining_NxK, mask_positions_NxK)
             fill_NxK = jax.nn.one_hot(choice_N, num_masks, dtype=bool) & remaining_NxK
         tokens_NxK = jnp.where(fill_NxK, top_tok_NxK, tokens_NxK)
         for k in range(num_masks):
-            ids_NxS = _write(ids_NxS, mask_positions_NxK[:, k], top_tok_NxK[:, k], fill_NxK[:, k])
+            ids_NxS = write_tokens(ids_NxS, mask_positions_NxK[:, k], top_tok_NxK[:, k],
+                                   fill_NxK[:, k])
         return ids_NxS, remaining_NxK & ~fill_NxK, tokens_NxK
 
     remaining_NxK = mask_positions_NxK >= 0
@@ -86,7 +93,7 @@ def _generate(
     return tokens_NxK
 
 
-_generate_jit = jax.jit(_generate, static_argnums=(0, 1))
+_generate_jit = jax.jit(generate_tokens, static_argnums=(0, 1))
 
 
 def multi_mask_generate(
@@ -104,6 +111,6 @@ def multi_mask_generate(
     original PET's WSC evaluation does. Returns the filled tokens [N, K] in slot order, -1 in
     unused slots (mask_positions -1).
     """
-    _check_strategy(strategy)
+    check_strategy(strategy)
     return _generate_jit(logits_fn, strategy, input_ids_NxS, attention_mask_NxS,
                          mask_positions_NxK, token_type_ids_NxS)

@@ -100,7 +100,7 @@ def init_model(
     return LoadedModel(module, init_params(module, seed), config, None)
 
 
-def _resolve_folder(name_or_path: str | os.PathLike) -> Path:
+def resolve_folder(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
@@ -218,7 +218,7 @@ def load_pretrained(
     Head weights absent from the file are initialised from `seed` with a warning; absent
     encoder weights, wrong shapes and unknown families raise.
     """
-    folder = _resolve_folder(name_or_path)
+    folder = resolve_folder(name_or_path)
     raw = read_config(folder)
     is_t5 = raw["model_type"] in _T5_TYPES
     if is_t5 != (head == "seq2seq"):
