@@ -31,19 +31,8 @@ SCORE_TOL = dict(rtol=1e-5, atol=1e-5)
 EXACT_TOL = dict(rtol=0, atol=2e-5)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    """The pipeline's train steps compile with FAST_CPU_COMPILE (halves CPU compile times)."""
-    original = jaxpet.training.Trainer.__init__
-
-    def init(self, *args, **kwargs):
-        if kwargs.get("compiler_options") is None:
-            kwargs["compiler_options"] = jaxpet.training.FAST_CPU_COMPILE
-        original(self, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jaxpet.training.Trainer, "__init__", init)
-        yield
+# the train steps compile with FAST_CPU_COMPILE (conftest.fast_compile)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def softmax_np(scores_NxL: np.ndarray) -> np.ndarray:

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from test_train_cli import build_workspace
 
-import jaxpet.training
 from jaxpet.cli import train_main
 from jaxpet.outputs import read_jsonl
 
@@ -125,19 +124,8 @@ def assert_same_results(out: Path, reference: Path, arrays: list[str]) -> None:
                                    rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    """The in-process runs' train steps compile as KILL_CHILD's do (FAST_CPU_COMPILE)."""
-    original = jaxpet.training.Trainer.__init__
-
-    def init(self, *args, **kwargs):
-        if kwargs.get("compiler_options") is None:
-            kwargs["compiler_options"] = jaxpet.training.FAST_CPU_COMPILE
-        original(self, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jaxpet.training.Trainer, "__init__", init)
-        yield
+# the train steps compile with FAST_CPU_COMPILE (conftest.fast_compile)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @pytest.fixture(scope="module")
