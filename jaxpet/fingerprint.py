@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from jaxpet.atomic import remove_leftovers
 from jaxpet.config import Config, ConfigError, to_dict
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -179,8 +180,6 @@ def claim_folder(folder: Path, current: Mapping[str, Any], overwrite: bool,
     """What a run does first in its locked `folder`: with `overwrite`, deletes the old results;
     otherwise stops (ConfigError) when they come from another fingerprint, and removes what
     interrupted writes left behind. Only the main process deletes."""
-    from jaxpet.atomic import remove_leftovers
-
     if overwrite:
         if main_process:
             clear_folder(folder)
