@@ -1,7 +1,7 @@
 """Command line: `jaxpet --config FILE.yaml [key=value ...]` runs an experiment (as train.py does);
 `jaxpet report OUT_DIR` regenerates summary.md/summary.png of a run and prints its table;
 `jaxpet predict RUN_OR_MODEL_DIR --input FILE` labels new text (jaxpet.predict);
-`jaxpet petal --config FILE [key=value ...]` finds label words (jaxpet.petal)."""
+`jaxpet petal --config FILE [key=value ...]` finds label words (jaxpet.pipelines.petal)."""
 
 from __future__ import annotations
 
@@ -110,8 +110,8 @@ def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
         warnings.showwarning = _show_warning
     try:
         if requested_method(args.config, args.overrides) == "text2text":
-            from jaxpet.text2text import run as run_text2text
-            from jaxpet.text2text_config import load_text2text_config
+            from jaxpet.text2text.config import load_text2text_config
+            from jaxpet.text2text.run import run as run_text2text
 
             run_text2text(load_text2text_config(args.config, list(args.overrides)),
                           overwrite=args.overwrite)
@@ -119,10 +119,10 @@ def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
         from jaxpet.config import load_config
 
         config = load_config(args.config, args.overrides)
-        from jaxpet.sharding import maybe_initialize_distributed
+        from jaxpet.engine.sharding import maybe_initialize_distributed
 
         maybe_initialize_distributed(config.distributed)
-        from jaxpet.pet import run
+        from jaxpet.pipelines.pet import run
 
         run(config, overwrite=args.overwrite)
     except Exception as error:
@@ -137,7 +137,8 @@ def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
         return user_error_status(error)
     except KeyboardInterrupt:
         # Ctrl-C outside training (loading, evaluating, a second Ctrl-C): one line, no
-        # traceback; training itself stops at a step and names its checkpoint (jaxpet.training)
+        # traceback; training itself stops at a step and names its checkpoint
+        # (jaxpet.engine.training)
         if os.environ.get("JAXPET_TRACEBACK"):
             raise
         print("interrupted", file=sys.stderr)
@@ -147,13 +148,14 @@ def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
 
 def report_main(argv: Sequence[str]) -> int:
     """`jaxpet report OUT_DIR`: regenerates summary.md and summary.png, prints the table."""
-    from jaxpet.report import main as report
+    from jaxpet.runs.report import main as report
 
     return report(argv)
 
 
 def petal_main(argv: Sequence[str]) -> int:
-    """`jaxpet petal --config FILE [key=value ...]`: finds label words (jaxpet.petal), writes
+    """`jaxpet petal --config FILE [key=value ...]`: finds label words (jaxpet.pipelines.petal),
+    writes
     verbalizer.yaml and summary.md, prints the table."""
     parser = argparse.ArgumentParser(
         prog="jaxpet petal", description="Find label words for a task's patterns (PETAL).",
@@ -163,8 +165,8 @@ def petal_main(argv: Sequence[str]) -> int:
                         help="config overrides applied after the file")
     args = parser.parse_args(list(argv))
     try:
-        from jaxpet import petal
         from jaxpet.config import load_config
+        from jaxpet.pipelines import petal
 
         config = load_config(args.config, args.overrides)
         result = petal.search(config)
@@ -202,7 +204,7 @@ def config_main(argv: Sequence[str]) -> int:
         if requested_method(args.config, args.overrides) == "text2text":
             from omegaconf import OmegaConf
 
-            from jaxpet.text2text_config import load_text2text_config
+            from jaxpet.text2text.config import load_text2text_config
 
             config = load_text2text_config(args.config, list(args.overrides))
             sys.stdout.write(OmegaConf.to_yaml(OmegaConf.structured(config)))

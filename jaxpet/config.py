@@ -119,7 +119,7 @@ class PetConfig(TrainingConfig):
     # training set before training (PET's default)
     reduction: str = "wmean"
     # train the single-token members of an ensemble together in one compiled step
-    # (jaxpet.ensemble_training; falls back to one by one when they do not fit in memory)
+    # (jaxpet.engine.ensemble_training; falls back to one by one when they do not fit in memory)
     parallel_members: bool = False
     # multi-token tasks: how candidates are scored (max_first | ltr | parallel) and the training
     # loss (auto = per task as the original PET: copa, record, wsc, else hinge)
@@ -191,7 +191,8 @@ class MeshConfig:
     """Device mesh; -1 takes all remaining devices.
 
     The batch is split over data x fsdp; large kernels are sharded over fsdp (FSDP), and
-    attention heads, MLP width and the vocabulary over tensor (jaxpet.sharding.DEFAULT_RULES).
+    attention heads, MLP width and the vocabulary over tensor
+    (jaxpet.engine.sharding.DEFAULT_RULES).
     """
 
     data: int = -1  # data-parallel devices (the batch is split over them)
@@ -268,8 +269,8 @@ class Config:
     # supervised baseline;
     # "mlm_pretrain": only the MLM warm-up stage (domain adaptation), exported as a model folder;
     # "evaluate": score a finished run's saved models without training (section `evaluate`);
-    # "text2text" (T5) configs have their own schema (jaxpet/text2text_config.py): train.py
-    # sends them to jaxpet.text2text.run
+    # "text2text" (T5) configs have their own schema (jaxpet/text2text/config.py): train.py
+    # sends them to jaxpet.text2text.run.run
     method: str = "pet"
     output_dir: str = MISSING  # results, logits, predictions and checkpoints go here
     seed: int = 42  # training seed; repetition r of a model uses seed + r

@@ -15,7 +15,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from jaxpet.config import Config
-from jaxpet.text2text_config import Text2TextConfig
+from jaxpet.text2text.config import Text2TextConfig
 
 # What `make docs` writes; tests/test_config_docs.py fails when the file differs from it.
 DOCS_PATH = "docs/config.md"
@@ -164,7 +164,7 @@ def keys_markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from the config dataclasses (jaxpet/config.py, jaxpet/text2text_config.py) by",
+        "Generated from the config dataclasses (jaxpet/config.py, jaxpet/text2text/config.py) by",
         "`jaxpet config keys --markdown > docs/config.md`; do not edit by hand.",
         "",
         "A run reads `python train.py --config FILE.yaml [key=value ...]`: the defaults below,",

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from jaxpet.data.example import Example
-from jaxpet.saved_model import ModelCard, SavedModelError, is_saved_model, read_card
+from jaxpet.runs.saved_model import ModelCard, SavedModelError, is_saved_model, read_card
 
 # the head each scorer kind loads its saved folder with (jaxpet.models.load_pretrained)
 HEADS = {"cloze": "mlm", "candidates": "mlm", "seq2seq": "seq2seq", "classifier": "classifier"}
@@ -49,17 +49,17 @@ class SavedScorer:
         """Raw label scores [N, L] as the run's evaluation writes them (eval_logits.npy):
         verbalizer logits (cloze), summed candidate log-likelihoods (candidates), T5 label
         log-likelihoods (seq2seq) or classifier logits."""
-        from jaxpet.pet import predict_logits
+        from jaxpet.pipelines.pet import predict_logits
 
         if self.card.scorer == "classifier":
-            from jaxpet.distill import encode_classifier_inputs
-            from jaxpet.pet_step import make_classifier_logits_fn
+            from jaxpet.pipelines.distill import encode_classifier_inputs
+            from jaxpet.scoring.cloze_step import make_classifier_logits_fn
 
             self.fn = self.fn or make_classifier_logits_fn(self.lm.module.apply)
             arrays = encode_classifier_inputs(self.lm, examples, self.card.max_seq_length)
             return predict_logits(self.config, self.fn, self.lm.params, arrays, self.mesh)
-        from jaxpet.pet import prepare_pattern
-        from jaxpet.run_setup import TaskData
+        from jaxpet.pipelines.pet import prepare_pattern
+        from jaxpet.pipelines.setup import TaskData
 
         # the pipeline's own encoding: the new texts are the evaluation set; one example
         # stands in for the labeled set, which prediction does not use
@@ -73,7 +73,7 @@ class SavedScorer:
                 f"{self.card.pattern_id} of task {self.card.task!r} with this tokenizer has "
                 f"{'multi' if multi_token else 'single'}-token answers")
         if multi_token:
-            from jaxpet.multitoken_pet import label_scores
+            from jaxpet.pipelines.multitoken import label_scores
 
             self.fn = self.fn or pattern.scores_fn
             pattern = dataclasses.replace(pattern, scores_fn=self.fn)
@@ -100,9 +100,9 @@ class Predictor:
 
     def scores(self, examples: Iterable[Any]) -> np.ndarray:
         """Label scores [N, L]: the model's raw scores, or for an ensemble the members' scores
-        merged by the run's `pet.reduction` (jaxpet.ensemble.merge_logits, float32 as the run
+        merged by the run's `pet.reduction` (jaxpet.pipelines.merge.merge_logits, float32 as the run
         writes ensemble/eval_logits.npy)."""
-        from jaxpet.ensemble import merge_logits
+        from jaxpet.pipelines.merge import merge_logits
 
         examples = as_examples(examples)
         if not examples:
@@ -117,7 +117,7 @@ class Predictor:
         """(label names [N], probabilities [N, L] float64): the softmax of `scores` over the
         labels (for an ensemble, of the merged scores, as PET turns the merged logits into
         soft labels); the label is the one with the highest score."""
-        from jaxpet.ensemble import softmax
+        from jaxpet.pipelines.merge import softmax
 
         scores_NxL = self.scores(examples)
         probs_NxL = softmax(scores_NxL) if len(scores_NxL) else scores_NxL.astype(np.float64)
@@ -347,8 +347,8 @@ def card_config(card: ModelCard, folder: Path, batch_size: int | None) -> Any:
 
 def prediction_mesh(config: Any) -> Any:
     """The run's mesh when this machine has its devices, else all devices data-parallel."""
-    from jaxpet.run_setup import build_mesh
-    from jaxpet.sharding import make_mesh
+    from jaxpet.engine.sharding import make_mesh
+    from jaxpet.pipelines.setup import build_mesh
 
     try:
         return build_mesh(config)
@@ -362,8 +362,8 @@ def load_scorer(folder: Path, batch_size: int | None = None, mesh: Any = None) -
 
     from jaxpet.data.tasks import get_task
     from jaxpet.models import load_pretrained
-    from jaxpet.pet import place_params
-    from jaxpet.run_setup import register_config_task
+    from jaxpet.pipelines.pet import place_params
+    from jaxpet.pipelines.setup import register_config_task
 
     card = read_card(folder)
     config = card_config(card, folder, batch_size)
@@ -386,7 +386,8 @@ def load_scorer(folder: Path, batch_size: int | None = None, mesh: Any = None) -
 
 def member_folders(run: Path) -> list[Path]:
     """The saved members of a run's final ensemble: `p*-s*/model`, or for iPET those of its
-    last generation `g*/p*-s*/model`; sorted by member name, as jaxpet.distill merges them."""
+    last generation `g*/p*-s*/model`; sorted by member name, as jaxpet.pipelines.distill merges
+    them."""
     def saved(folder: Path) -> list[Path]:
         return sorted((m / "model" for m in folder.glob("p*-s*") if is_saved_model(m / "model")),
                       key=lambda p: p.parent.name)
@@ -401,7 +402,7 @@ def member_folders(run: Path) -> list[Path]:
 
 def member_weights(folders: Sequence[Path], reduction: str) -> np.ndarray | None:
     """`wmean` weights: each member's labeled-set accuracy before training (its results.json,
-    as jaxpet.distill.merge_members takes them)."""
+    as jaxpet.pipelines.distill.merge_members takes them)."""
     if reduction != "wmean":
         return None
     weights = []
@@ -475,8 +476,8 @@ def predict_file(model: str, input_path: str, output: str | None = None,
                  batch_size: int | None = None) -> int:
     """`jaxpet predict`: labels every input example and writes JSONL (stdout when `output`
     is None); returns the number of examples."""
-    from jaxpet import outputs
-    from jaxpet.ensemble import softmax
+    from jaxpet.pipelines.merge import softmax
+    from jaxpet.runs import outputs
 
     predictor = load(model, batch_size)
     examples = read_input(input_path, predictor.scorers[0].card.task)

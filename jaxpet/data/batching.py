@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxpet.sharding import process_batch_slice
+from jaxpet.engine.sharding import process_batch_slice
 
 DEFAULT_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 512)
 # Arrays with a sequence axis (axis 1) that bucketing trims; prefixed keys match too.

@@ -228,7 +228,7 @@ class Layer(nn.Module):
         return h_BxSxD, None
 
 
-# "dots" keeps the weight matmuls' outputs (no batch dims), as jaxpet.memory assumes.
+# "dots" keeps the weight matmuls' outputs (no batch dims), as jaxpet.engine.memory assumes.
 REMAT_POLICIES = {"full": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m jaxpet.bench train|decode|encode|generate|ensemble|peak`."""

@@ -1,0 +1,1 @@
+"""Pipelines: PET, iPET, ensemble merge, distillation, parallel members, MLM warm-up, evaluation."""

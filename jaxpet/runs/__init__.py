@@ -1,0 +1,1 @@
+"""Run folders: atomic writes, outputs, reports, locks, fingerprints and saved-model cards."""

@@ -1,0 +1,1 @@
+"""Scoring: how one pattern's answers are encoded, trained and scored (cloze, candidates, T5)."""
