@@ -20,15 +20,15 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 def fast_compile() -> Iterator[None]:
     """Train steps compile with FAST_CPU_COMPILE (half the CPU compile time, slower code) where
     the caller leaves compiler_options unset, as in train.py runs inside a test's process."""
-    import jaxpet.training
+    import jaxpet.engine.training
 
-    original = jaxpet.training.Trainer.__init__
+    original = jaxpet.engine.training.Trainer.__init__
 
     def init(self, *args, **kwargs):
         if kwargs.get("compiler_options") is None:
-            kwargs["compiler_options"] = jaxpet.training.FAST_CPU_COMPILE
+            kwargs["compiler_options"] = jaxpet.engine.training.FAST_CPU_COMPILE
         original(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jaxpet.training.Trainer, "__init__", init)
+        patch.setattr(jaxpet.engine.training.Trainer, "__init__", init)
         yield

@@ -167,9 +167,9 @@ def tiny_data(num_labeled: int = 24, num_unlabeled: int = 40) -> tuple[dict, dic
 def setup(mesh, num_steps: int = 6, labeled_bs: int = 8, unlabeled_bs: int = 8, seed: int = 3):
     """(trainer, state, batcher) for a tiny PET run with the auxiliary MLM loss."""
     from jaxpet.data.batching import Batcher
-    from jaxpet.optim import make_learning_rate_fn, make_optimizer
-    from jaxpet.pet_step import make_pet_loss
-    from jaxpet.training import FAST_CPU_COMPILE, Trainer
+    from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer
+    from jaxpet.engine.training import FAST_CPU_COMPILE, Trainer
+    from jaxpet.scoring.cloze_step import make_pet_loss
 
     module, params = tiny_model()
     labeled, unlabeled = tiny_data()
@@ -209,8 +209,8 @@ def _time_vote(mesh, state, trainer, batcher, repeats: int = 50) -> dict[str, fl
     """Seconds per blocking stop vote and per blocking train step (for the overhead report)."""
     import jax
 
-    from jaxpet.sharding import global_batch
-    from jaxpet.training import StopVote
+    from jaxpet.engine.sharding import global_batch
+    from jaxpet.engine.training import StopVote
 
     vote = StopVote(mesh)
     vote.should_stop(1, False)
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import jax
 
-    from jaxpet.sharding import maybe_initialize_distributed
+    from jaxpet.engine.sharding import maybe_initialize_distributed
 
     if args.coordinator:
         maybe_initialize_distributed({"coordinator_address": args.coordinator,
@@ -260,10 +260,10 @@ def main(argv: list[str] | None = None) -> None:
                                       "process_id": args.process_id})
     else:  # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, when set
         maybe_initialize_distributed()
-    from jaxpet.checkpoint import Checkpointer
-    from jaxpet.pet_step import make_label_logits_fn
-    from jaxpet.sharding import make_mesh
-    from jaxpet.training import fit, predict
+    from jaxpet.engine.checkpoint import Checkpointer
+    from jaxpet.engine.sharding import make_mesh
+    from jaxpet.engine.training import fit, predict
+    from jaxpet.scoring.cloze_step import make_label_logits_fn
 
     mesh = make_mesh(data=-1, fsdp=args.fsdp)
     trainer, state, batcher = setup(mesh, num_steps=args.steps)

@@ -1,6 +1,6 @@
 """Tiny trained runs shared by test_saved_models.py, test_evaluate.py and test_predict.py, each
 trained once per session (per xdist worker): the parameters each training returned are kept
-(a spy on jaxpet.pet.train), so that a test can compare a saved model with what was really
+(a spy on jaxpet.pipelines.pet.train), so that a test can compare a saved model with what was really
 trained."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import jax
 import pytest
 from test_train_cli import build_workspace
 
-import jaxpet.pet
-import jaxpet.training
+import jaxpet.engine.training
+import jaxpet.pipelines.pet
 
 AGNEWS_LABELS = ["1", "2", "3", "4"]  # pet.md: files label 1..4, in this order
 AGNEWS_WORDS = {"1": ["World"], "2": ["Sports"], "3": ["Business"], "4": ["Tech"]}
@@ -25,7 +25,8 @@ def train(config: Any) -> dict[str, Any]:
     """Runs `config` with fast CPU compiles; returns {folder name: trained params} of every
     training in it (members by member name, iPET members as g1/p0-s0, `distilled`)."""
     trained: dict[str, Any] = {}
-    original_train, original_init = jaxpet.pet.train, jaxpet.training.Trainer.__init__
+    original_train = jaxpet.pipelines.pet.train
+    original_init = jaxpet.engine.training.Trainer.__init__
 
     def spy(config, settings, loss_fn, params, groups, mesh, folder, seed):
         params, seconds = original_train(config, settings, loss_fn, params, groups, mesh,
@@ -38,13 +39,13 @@ def train(config: Any) -> dict[str, Any]:
 
     def init(self, *args, **kwargs):
         if kwargs.get("compiler_options") is None:
-            kwargs["compiler_options"] = jaxpet.training.FAST_CPU_COMPILE
+            kwargs["compiler_options"] = jaxpet.engine.training.FAST_CPU_COMPILE
         original_init(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jaxpet.pet, "train", spy)
-        patch.setattr(jaxpet.training.Trainer, "__init__", init)
-        jaxpet.pet.run(config)
+        patch.setattr(jaxpet.pipelines.pet, "train", spy)
+        patch.setattr(jaxpet.engine.training.Trainer, "__init__", init)
+        jaxpet.pipelines.pet.run(config)
     return trained
 
 

@@ -92,7 +92,7 @@ def test_config_asks_for_attention_dropout_0_with_cudnn(tmp_path):
 def test_loaded_model_takes_the_attention_settings(tmp_path, tmp_path_factory):
     from tiny_models import build_tiny_checkpoint, shared_root
 
-    from jaxpet.run_setup import load_model
+    from jaxpet.pipelines.setup import load_model
 
     folder = build_tiny_checkpoint("bert", "mlm", shared_root(tmp_path_factory))
     config = _config_with(tmp_path, f"model.name={folder}", "model.attention=cudnn",

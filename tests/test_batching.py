@@ -13,7 +13,7 @@ from jaxpet.data.batching import (
     epoch_permutation,
     trim_to_bucket,
 )
-from jaxpet.sharding import make_mesh
+from jaxpet.engine.sharding import make_mesh
 
 
 def _arrays(n: int = 10, seq: int = 12) -> dict[str, np.ndarray]:

@@ -13,8 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpet import bench_decode, bench_ensemble
-from jaxpet.bench import main
+from jaxpet.bench import decode as bench_decode
+from jaxpet.bench import ensemble as bench_ensemble
+from jaxpet.bench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def test_decode_scores_of_the_compiled_decoder_equal_pet_loop(tmp_path, capsys, 
 
 
 def test_encode_reports_the_lengths_of_the_encoded_examples(tmp_path, capsys):
-    from jaxpet.bench_encode import real_wordpiece_tokenizer, synthetic_yahoo
+    from jaxpet.bench.encode import real_wordpiece_tokenizer, synthetic_yahoo
 
     report, printed = _run(["encode", "--num-examples", "40", "--seq-len", "100"], tmp_path,
                            capsys)

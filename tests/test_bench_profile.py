@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet.bench_profile import CONTAINER, op_categories, profile_steps_by_op, summarize
+from jaxpet.bench.profile import CONTAINER, op_categories, profile_steps_by_op, summarize
 
 HLO = """\
 HloModule jit_step, entry_computation_layout={(f32[8,8]{1,0})->f32[8,8]{1,0}}
@@ -97,7 +97,7 @@ def test_traced_cpu_step_finds_its_matmuls():
 
 
 def test_bench_train_profile_option(tmp_path, capsys):
-    from jaxpet.bench import main
+    from jaxpet.bench.cli import main
 
     out = tmp_path / "train.json"
     args = ["train", "--size", "tiny", "--seq-len", "16", "--batch-size", "2",

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM
 
-from jaxpet.bench_torch import fused_pet_loss, original_pet_loss
-from jaxpet.bench_train import (
+from jaxpet.bench.torch_pet import fused_pet_loss, original_pet_loss
+from jaxpet.bench.train import (
     SpecialIds,
     masked_unlabeled,
     model_config,
@@ -15,7 +15,7 @@ from jaxpet.bench_train import (
     verbalizer_ids,
 )
 from jaxpet.models.pretrained import init_model, save_pretrained
-from jaxpet.pet_step import make_pet_loss
+from jaxpet.scoring.cloze_step import make_pet_loss
 
 ALPHA = 0.3  # large enough that both loss terms matter in the comparison
 
@@ -66,7 +66,7 @@ def test_torch_ways_compute_jaxpets_loss(setup):
 def test_bench_train_runs_end_to_end_with_tiny(tmp_path, capsys):
     import json
 
-    from jaxpet.bench import main
+    from jaxpet.bench.cli import main
 
     out = tmp_path / "train.json"
     args = ["train", "--size", "tiny", "--seq-len", "16", "--batch-size", "2"]

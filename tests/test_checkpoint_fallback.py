@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpet.checkpoint import Checkpointer
+from jaxpet.engine.checkpoint import Checkpointer
 
 
 def state_at(step: int) -> dict:

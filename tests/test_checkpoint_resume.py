@@ -14,8 +14,8 @@ import multiprocess_worker as worker
 import numpy as np
 import pytest
 
-from jaxpet.checkpoint import Checkpointer
-from jaxpet.sharding import make_mesh
+from jaxpet.engine.checkpoint import Checkpointer
+from jaxpet.engine.sharding import make_mesh
 
 STEPS = 8
 WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")

@@ -62,22 +62,22 @@ def test_requested_method_reads_the_file_and_the_overrides(tmp_path):
 
 
 def test_a_model_that_cannot_fit_fails_before_compiling(tmp_path, monkeypatch, capsys):
-    import jaxpet.memory
-    from jaxpet.run_setup import load_model
+    import jaxpet.engine.memory
+    from jaxpet.pipelines.setup import load_model
 
     workspace = build_workspace(tmp_path)
     config = load_config(workspace["config"])
     lm = load_model(config, "mlm")  # the CPU reports no memory limit: estimate only
     assert "memory estimate: bert" in capsys.readouterr().out
-    monkeypatch.setattr(jaxpet.memory, "device_memory_bytes", lambda device=None: 1024)
-    with pytest.raises(jaxpet.memory.DoesNotFit, match="To fit, try"):
+    monkeypatch.setattr(jaxpet.engine.memory, "device_memory_bytes", lambda device=None: 1024)
+    with pytest.raises(jaxpet.engine.memory.DoesNotFit, match="To fit, try"):
         load_model(config, "mlm")
     assert lm.config.model_type == "bert"
 
 
 @pytest.mark.slow  # two PET runs, one on 8 devices, ~60-120 s on 2 shared cores
 def test_tensor_parallel_mesh_from_the_config_gives_the_same_losses(tmp_path):
-    from jaxpet.outputs import read_jsonl
+    from jaxpet.runs.outputs import read_jsonl
 
     workspace = build_workspace(tmp_path)
     common = ["pet.pattern_ids=[0]", "pet.lm_training=false", "no_distillation=true",
@@ -104,8 +104,8 @@ def _hand_csv(folder, rows) -> None:
 def test_config_defined_task_encodes_the_hand_written_tokens(tmp_path):
     from transformers import AutoTokenizer
 
-    from jaxpet.pet import load_task_data, prepare_pattern
-    from jaxpet.run_setup import load_model
+    from jaxpet.pipelines.pet import load_task_data, prepare_pattern
+    from jaxpet.pipelines.setup import load_model
 
     workspace = build_workspace(tmp_path)
     data = tmp_path / "hand"
@@ -203,19 +203,19 @@ def test_multi_token_yaml_task_scores_candidates_max_first(tmp_path, monkeypatch
 
     from transformers import AutoTokenizer, BertForMaskedLM
 
-    import jaxpet.pet
+    import jaxpet.pipelines.pet
     from jaxpet.data.tasks import load_examples
     from jaxpet.models import load_pretrained, save_pretrained
 
     trained = []
-    original_train = jaxpet.pet.train
+    original_train = jaxpet.pipelines.pet.train
 
     def keep_trained(*args, **kwargs):  # the member's trained params, which no file holds
         params, seconds = original_train(*args, **kwargs)
         trained.append(params)
         return params, seconds
 
-    monkeypatch.setattr(jaxpet.pet, "train", keep_trained)
+    monkeypatch.setattr(jaxpet.pipelines.pet, "train", keep_trained)
     workspace = build_workspace(tmp_path)
     model_dir = _context_sensitive_bert(workspace, tmp_path / "sharp-bert")
     out = tmp_path / "out-multi"
@@ -274,8 +274,8 @@ logging: {{progress: false}}
 
 
 def test_priming_refuses_multi_token_label_words(tmp_path):
-    from jaxpet.pet import load_task_data, prepare_pattern
-    from jaxpet.run_setup import load_model
+    from jaxpet.pipelines.pet import load_task_data, prepare_pattern
+    from jaxpet.pipelines.setup import load_model
 
     workspace = build_workspace(tmp_path)
     config = tmp_path / "primed-multi.yaml"

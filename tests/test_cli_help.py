@@ -89,7 +89,7 @@ def _suggestion_keys(source: str) -> list[tuple[str, str]]:
 
 
 def _apply(key: str, value: str) -> None:
-    from jaxpet.text2text_config import load_text2text_config
+    from jaxpet.text2text.config import load_text2text_config
 
     if key.startswith("text2text."):
         load_text2text_config(T5_DEMO, [f"{key}={value or 'x'}"] if value else [])
@@ -114,7 +114,7 @@ def test_every_config_key_a_message_names_exists_and_its_suggested_value_loads()
 
 
 def _memory_case(name: str, section: str, batch_sizes: dict[str, int], **estimate_args):
-    from jaxpet.memory import GIB, DoesNotFit, check_fits, estimate_memory
+    from jaxpet.engine.memory import GIB, DoesNotFit, check_fits, estimate_memory
 
     estimate = estimate_memory(name, batch_size=sum(batch_sizes.values()), **estimate_args)
     for fraction in (0.95, 0.8, 0.6):  # a budget tight enough to fail, loose enough to advise
@@ -156,14 +156,14 @@ def test_out_of_memory_advice_applies_as_overrides(name, section, batch_sizes, a
 
 def test_tensorboard_without_tensorboardx_stops_before_the_model_loads(
         tmp_path, monkeypatch, capsys):
-    import jaxpet.run_setup
+    import jaxpet.pipelines.setup
 
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import tensorboardX -> ImportError
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the missing extra was reported")
 
-    monkeypatch.setattr(jaxpet.run_setup, "load_model", no_model)
+    monkeypatch.setattr(jaxpet.pipelines.setup, "load_model", no_model)
     # batch sizes that the test session's 8 CPU devices divide, so only the extra can stop it
     sizes = [f"{s}.{k}_batch_size=8" for s in ("pet", "classifier") for k in ("train", "unlabeled")]
     status = main(["train", "--config", DEMO, f"output_dir={tmp_path / 'out'}", *sizes,

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpet.data.batching import Batcher
-from jaxpet.optim import make_optimizer
-from jaxpet.pet_step import make_classifier_logits_fn, make_classifier_loss
-from jaxpet.sharding import make_mesh
-from jaxpet.training import FAST_CPU_COMPILE, Trainer, fit, predict
+from jaxpet.engine.optim import make_optimizer
+from jaxpet.engine.sharding import make_mesh
+from jaxpet.engine.training import FAST_CPU_COMPILE, Trainer, fit, predict
+from jaxpet.scoring.cloze_step import make_classifier_logits_fn, make_classifier_loss
 
 
 class TinyClassifier(nn.Module):

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from jaxpet.data.sampling import eq_div
-from jaxpet.ensemble import merge_logits, softmax
-from jaxpet.ipet import (
+from jaxpet.pipelines.ipet_sets import (
     examples_per_label,
     generate_train_set,
     generate_train_sets,
     num_new_examples,
 )
+from jaxpet.pipelines.merge import merge_logits, softmax
 
 
 def test_mean_and_wmean_match_numpy():
@@ -233,8 +233,8 @@ def test_generate_train_sets_follow_pets_loop_over_the_members():
 def test_member_train_arrays_append_the_pseudo_labeled_rows():
     """The next generation trains on T's rows, then the drawn unlabeled rows (repeats kept)
     carrying the labels the other members gave them; dtypes stay those of T."""
-    from jaxpet.ipet import PseudoLabeledSet
-    from jaxpet.ipet_run import member_train_arrays
+    from jaxpet.pipelines.ipet import member_train_arrays
+    from jaxpet.pipelines.ipet_sets import PseudoLabeledSet
 
     labeled = {"input_ids": np.array([[1, 5, 2], [1, 6, 2]], np.int32),
                "attention_mask": np.ones((2, 3), np.int32),

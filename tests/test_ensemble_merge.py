@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from jaxpet.ensemble import merge_logits, softmax
+from jaxpet.pipelines.merge import merge_logits, softmax
 
 
 def test_a_single_model_merges_to_its_own_scores():

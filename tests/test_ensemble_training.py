@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpet.checkpoint import Checkpointer
 from jaxpet.data.batching import Batcher
-from jaxpet.ensemble_training import (
+from jaxpet.engine.checkpoint import Checkpointer
+from jaxpet.engine.ensemble_training import (
     EnsembleTrainer,
     Member,
     fit_ensemble,
@@ -19,12 +19,12 @@ from jaxpet.ensemble_training import (
     train_members,
     unstack,
 )
+from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer
+from jaxpet.engine.sharding import make_mesh
+from jaxpet.engine.training import FAST_CPU_COMPILE, Trainer, fit
 from jaxpet.models.config import EncoderConfig
 from jaxpet.models.pretrained import init_model
-from jaxpet.optim import make_learning_rate_fn, make_optimizer
-from jaxpet.pet_step import make_pet_loss
-from jaxpet.sharding import make_mesh
-from jaxpet.training import FAST_CPU_COMPILE, Trainer, fit
+from jaxpet.scoring.cloze_step import make_pet_loss
 
 VOCAB, SEQ, STEPS, BATCH = 96, 24, 4, 4
 PAD, CLS, SEP, MASK = 0, 1, 2, 3

@@ -14,7 +14,7 @@ import saved_runs
 
 from jaxpet.cli import train_main
 from jaxpet.config import ConfigError, load_config
-from jaxpet.outputs import read_jsonl
+from jaxpet.runs.outputs import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_evaluate_reproduces_the_saved_ipet_generation(tmp_path_factory, tmp_pat
 
 @pytest.mark.slow
 def test_a_run_without_saved_models_is_named_with_the_setting(tmp_path_factory, tmp_path):
-    from jaxpet.pet import run
+    from jaxpet.pipelines.pet import run
 
     unsaved = saved_runs.unsaved_run(tmp_path_factory)
     config = load_config(unsaved["out"] / "config.yaml", [
@@ -123,7 +123,7 @@ def test_a_run_without_saved_models_is_named_with_the_setting(tmp_path_factory, 
 
 
 def test_errors_name_the_key_or_folder(pet_run, tmp_path):
-    from jaxpet.pet import run
+    from jaxpet.pipelines.pet import run
 
     config_file = pet_run["out"] / "config.yaml"
     with pytest.raises(ConfigError, match=r"unknown config key 'evaluate\.run_folder'"):

@@ -11,7 +11,7 @@ import pytest
 from test_train_cli import build_workspace
 
 from jaxpet.cli import train_main
-from jaxpet.outputs import read_jsonl
+from jaxpet.runs.outputs import read_jsonl
 
 AGNEWS_WORDS = ["world", "sports", "business", "tech"]  # PET's verbalizer, lower-cased by BERT
 
@@ -162,7 +162,7 @@ def read_event_scalars(folder: Path) -> dict[str, dict[int, float]]:
 @pytest.fixture
 def lowered_train_steps(monkeypatch):
     """The StableHLO text of every Trainer's compiled train step, as the run lowers it."""
-    from jaxpet.training import Trainer
+    from jaxpet.engine.training import Trainer
 
     texts: list[str] = []
     original = Trainer.train_step
@@ -314,7 +314,7 @@ def test_priming_from_the_config_puts_the_labeled_examples_before_each_query(wor
     from transformers import AutoTokenizer, BertForMaskedLM
 
     from jaxpet.config import load_config
-    from jaxpet.run_setup import load_task_data
+    from jaxpet.pipelines.setup import load_task_data
 
     out = workspace["root"] / "primed"
     overrides = ["task.train_examples=2", "task.split_examples_evenly=false",

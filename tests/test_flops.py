@@ -1,6 +1,6 @@
 """The FLOP formula against a hand-computed case."""
 
-from jaxpet.flops import encoder_matmul_params, mlm_head_matmul_params, train_step_flops
+from jaxpet.engine.flops import encoder_matmul_params, mlm_head_matmul_params, train_step_flops
 from jaxpet.models.config import EncoderConfig
 
 

@@ -17,8 +17,8 @@ from jaxpet.cli import train_main
 from jaxpet.config import ConfigError, load_config
 from jaxpet.data.hf_dataset import HfDatasetError, hf_task, register_hf_task
 from jaxpet.data.tasks import get_task, load_examples
-from jaxpet.fingerprint import run_fingerprint
-from jaxpet.outputs import read_jsonl
+from jaxpet.runs.fingerprint import run_fingerprint
+from jaxpet.runs.outputs import read_jsonl
 
 AGNEWS_NAMES = ["World", "Sports", "Business", "Sci/Tech"]  # the hub's ClassLabel of AG News
 
@@ -265,9 +265,9 @@ def test_text2text_reads_dataset_splits_as_its_jsonl_files(tmp_path):
     predictions and metrics."""
     from tiny_t5 import make_t5_tokenizer, make_tiny_t5
 
-    from jaxpet.text2text import run
-    from jaxpet.text2text_config import load_text2text_config
-    from jaxpet.training import FAST_CPU_COMPILE
+    from jaxpet.engine.training import FAST_CPU_COMPILE
+    from jaxpet.text2text.config import load_text2text_config
+    from jaxpet.text2text.run import run
 
     names = ["positive", "negative"]
     splits = {}
@@ -291,7 +291,7 @@ def test_text2text_reads_dataset_splits_as_its_jsonl_files(tmp_path):
         *common, "text2text.reader=hf_dataset", "text2text.train_file=train",
         "text2text.eval_file=dev", f"text2text.reader_options.path={tmp_path / 'sentiment_hf'}"],
         output_dir=str(tmp_path / "out-hf"))
-    from jaxpet.text2text import read_records
+    from jaxpet.text2text.run import read_records
 
     assert read_records(hf.text2text, "train") == read_records(files.text2text,
                                                                "sentiment_train.jsonl")
@@ -307,7 +307,7 @@ def test_datasets_is_an_extra_that_runs_without_hf_dataset_never_import(monkeypa
     """make install leaves datasets out: the demo's config, data and fingerprint need none."""
     import tomllib
 
-    from jaxpet.run_setup import load_task_data
+    from jaxpet.pipelines.setup import load_task_data
 
     root = Path(__file__).resolve().parents[1]
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]

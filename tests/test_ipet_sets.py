@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxpet.data.sampling import eq_div
-from jaxpet.ipet import generate_train_set, generate_train_sets, num_new_examples
+from jaxpet.pipelines.ipet_sets import generate_train_set, generate_train_sets, num_new_examples
 
 
 def test_eq_div_into_one_part_and_zero_parts():

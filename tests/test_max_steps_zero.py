@@ -14,10 +14,10 @@ from tiny_t5 import make_t5_tokenizer, make_tiny_t5
 
 from jaxpet.cli import train_main
 from jaxpet.config import ConfigError, load_config
-from jaxpet.outputs import read_jsonl
-from jaxpet.text2text import run
-from jaxpet.text2text_config import load_text2text_config
-from jaxpet.training import FAST_CPU_COMPILE
+from jaxpet.engine.training import FAST_CPU_COMPILE
+from jaxpet.runs.outputs import read_jsonl
+from jaxpet.text2text.config import load_text2text_config
+from jaxpet.text2text.run import run
 
 ROOT = Path(__file__).resolve().parent.parent
 T5_CONFIG = ROOT / "configs" / "t5_tiny_offline.yaml"

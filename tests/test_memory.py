@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from jaxpet.memory import (
+from jaxpet.engine.memory import (
     GIB,
     KNOWN_BACKBONES,
     BackboneShape,
@@ -25,7 +25,7 @@ from jaxpet.memory import (
     get_backbone,
     parameter_shapes,
 )
-from jaxpet.slices import SLICES, best_fit, fits_table
+from jaxpet.engine.slices import SLICES, best_fit, fits_table
 
 # The estimate's activation model is calibrated on XLA for GPU (docs/scale.md: measured
 # within 0.97-1.04 for encoders without remat). On CPU, XLA fuses less and keeps more
@@ -295,7 +295,7 @@ def test_per_device_state_matches_jaxpet_sharding():
     import jax
     from flax import linen as nn
 
-    from jaxpet import sharding
+    from jaxpet.engine import sharding
     from jaxpet.models.config import EncoderConfig
     from jaxpet.models.pretrained import abstract_variables, build_module
 

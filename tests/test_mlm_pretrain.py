@@ -10,8 +10,8 @@ from test_train_cli import build_workspace
 
 from jaxpet.config import load_config
 from jaxpet.data.example import Example
-from jaxpet.mlm_pretrain import encode_texts, special_tokens_mask
-from jaxpet.outputs import read_jsonl
+from jaxpet.pipelines.mlm_pretrain import encode_texts, special_tokens_mask
+from jaxpet.runs.outputs import read_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_a_very_long_pair_encodes_in_linear_memory(workspace):
 import resource
 from transformers import AutoTokenizer
 from jaxpet.data.example import Example
-from jaxpet.mlm_pretrain import encode_texts
+from jaxpet.pipelines.mlm_pretrain import encode_texts
 tokenizer = AutoTokenizer.from_pretrained({str(workspace["model"])!r})
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 text = " ".join(["the match goal coach league"] * 1400)
@@ -110,9 +110,9 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
 
 @pytest.mark.slow  # ~35 s on 2 shared cores
 def test_head_only_warmup_trains_head_exports_and_is_reused(workspace, tmp_path):
-    from jaxpet import mlm_pretrain
     from jaxpet.models import load_pretrained
-    from jaxpet.pet import build_mesh, load_model, load_task_data
+    from jaxpet.pipelines import mlm_pretrain
+    from jaxpet.pipelines.pet import build_mesh, load_model, load_task_data
 
     config = load_config(workspace["config"], [
         f"output_dir={tmp_path}", "mlm_pretrain.enabled=true", "mlm_pretrain.steps=12",

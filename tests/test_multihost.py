@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from jaxpet import losses
-from jaxpet.sharding import make_mesh
-from jaxpet.training import fit
+from jaxpet.engine.sharding import make_mesh
+from jaxpet.engine.training import fit
 
 STEPS = 8
 DEVICES = 4

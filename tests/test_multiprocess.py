@@ -10,9 +10,9 @@ from pathlib import Path
 import jax
 import pytest
 
-from jaxpet.checkpoint import checkpoint_directory
-from jaxpet.sharding import distributed_settings, make_mesh, maybe_initialize_distributed
-from jaxpet.training import StopVote
+from jaxpet.engine.checkpoint import checkpoint_directory
+from jaxpet.engine.sharding import distributed_settings, make_mesh, maybe_initialize_distributed
+from jaxpet.engine.training import StopVote
 
 DIST_ENV = ("JAXPET_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
             "JAX_PROCESS_ID", "JAX_LOCAL_DEVICE_IDS")

@@ -16,7 +16,7 @@ import pytest
 from test_train_cli import REPO, build_workspace
 
 from jaxpet.cli import train_main
-from jaxpet.outputs import read_jsonl
+from jaxpet.runs.outputs import read_jsonl
 
 STEPS = 8
 # One pattern, no distillation, no zero-shot pass: the member's training loop is what is tested.

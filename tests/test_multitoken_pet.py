@@ -1,5 +1,5 @@
 """Multi-token PET members: training losses against direct computations, COPA / WSC / ReCoRD /
-a config-defined multi-token verbalizer task end to end through jaxpet.pet.run."""
+a config-defined multi-token verbalizer task end to end through jaxpet.pipelines.pet.run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxpet.outputs import read_jsonl
+from jaxpet.runs.outputs import read_jsonl
 
 # Words kept out of the vocabulary so that they split into word pieces (multi-token answers).
 PIECES = {"greatness": ["great", "##ness"], "kathmandu": ["kath", "##mandu"]}
@@ -180,9 +180,9 @@ def test_training_losses_match_direct_computation(workspace, tiny_lm, variant, t
     import jax
 
     from jaxpet.data import load_examples
-    from jaxpet.multitoken_step import make_multitoken_loss
     from jaxpet.prompts import get_pvp
     from jaxpet.prompts.multitoken import encode_generation, encode_multi_token
+    from jaxpet.scoring.candidates_step import make_multitoken_loss
 
     examples = load_examples(task, str(workspace["root"] / task), "train", -1)
     pvp = get_pvp(task, 0)
@@ -223,7 +223,7 @@ def _check_member(folder: Path, num_eval: int, num_candidates: int,
 
 
 def test_copa_trains_end_to_end(workspace, tiny_lm):
-    from jaxpet.pet import run
+    from jaxpet.pipelines.pet import run
 
     # on all 8 (fake) devices: batches and candidate rows are sharded over the mesh
     config = _config(workspace, "copa", "out-copa", "pet.decoding_strategy=ltr",
@@ -243,7 +243,7 @@ def test_copa_trains_end_to_end(workspace, tiny_lm):
     assert unlabeled_Ux2.shape == (4, 2) and np.isfinite(unlabeled_Ux2).all()
 
     # iPET appends pseudo-labeled unlabeled rows to the labeled ones: same training layout
-    from jaxpet.pet import load_task_data, prepare_pattern
+    from jaxpet.pipelines.pet import load_task_data, prepare_pattern
 
     data = load_task_data(config)
     pattern = prepare_pattern(config, tiny_lm, data, 0)
@@ -256,7 +256,7 @@ def test_copa_trains_end_to_end(workspace, tiny_lm):
 
 def test_config_defined_multi_token_verbalizer(workspace, tiny_lm):
     from jaxpet.data.custom import task_from_config
-    from jaxpet.pet import load_task_data, run
+    from jaxpet.pipelines.pet import load_task_data, run
     from jaxpet.prompts import get_pvp
     from jaxpet.prompts.multitoken import encode_multi_token_decoding
     from jaxpet.prompts.template import pvp_from_config
@@ -294,7 +294,7 @@ def test_config_defined_multi_token_verbalizer(workspace, tiny_lm):
 
 
 def test_record_and_wsc_evaluate_through_run(workspace, tiny_lm):
-    from jaxpet.pet import load_task_data, run
+    from jaxpet.pipelines.pet import load_task_data, run
     from jaxpet.prompts import get_pvp
     from jaxpet.prompts.multitoken import encode_multi_token_decoding
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxpet.optim import decay_mask, make_learning_rate_fn, make_optimizer, make_schedule
+from jaxpet.engine.optim import decay_mask, make_learning_rate_fn, make_optimizer, make_schedule
 
 
 def _params() -> dict:

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpet import pet_step
 from jaxpet.data.masking import mask_tokens_positions
+from jaxpet.scoring import cloze_step as pet_step
 
 V, L, S = 13, 3, 24
 MASK, PAD, CLS = 12, 0, 1

@@ -13,7 +13,7 @@ from test_train_cli import TOPICS, build_workspace
 
 from jaxpet.cli import main, train_main
 from jaxpet.config import load_config
-from jaxpet.petal import candidate_words, rank_words, search
+from jaxpet.pipelines.petal import candidate_words, rank_words, search
 
 # The words a trained tiny BERT puts at the mask of each label's examples: words of the shared
 # filler text, none of them the task's own verbalizer, so only the search can find them.
@@ -103,7 +103,7 @@ def test_mask_log_probs_equal_pytorch_at_each_examples_mask(workspace, taught_mo
     import torch
 
     from jaxpet.models import load_pretrained
-    from jaxpet.petal import mask_log_probs
+    from jaxpet.pipelines.petal import mask_log_probs
 
     rows = _read_rows(workspace["data"] / "test.csv")
     texts = [text.replace("[MASK] :", ": [MASK]", 1) if i % 2 else text  # masks move about

@@ -12,9 +12,9 @@ import pytest
 from test_ensemble_ipet import pet_reference_train_set
 from test_train_cli import build_workspace
 
-import jaxpet.pet
-from jaxpet import outputs
+import jaxpet.pipelines.pet
 from jaxpet.config import load_config
+from jaxpet.runs import outputs
 
 LABELS = ["1", "2", "3", "4"]
 MEMBERS = ["p0-s0", "p1-s0"]
@@ -46,7 +46,7 @@ def _run(workspace, out: Path, *overrides: str) -> dict:
     config = load_config(workspace["config"], [
         f"output_dir={out}", *PIPELINE, f"classifier.model={workspace['classifier']}",
         *overrides])
-    return jaxpet.pet.run(config)
+    return jaxpet.pipelines.pet.run(config)
 
 
 def softmax_np(logits_NxL: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -141,7 +141,7 @@ def test_distilled_model_loads_in_transformers(workspace, pet_run):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from jaxpet.data.tasks import load_examples
-    from jaxpet.mlm_pretrain import encode_texts
+    from jaxpet.pipelines.mlm_pretrain import encode_texts
 
     out, _ = pet_run
     model = AutoModelForSequenceClassification.from_pretrained(out / "distilled" / "model").eval()
@@ -163,7 +163,7 @@ class Killed(Exception):
 
 def _kill_in(monkeypatch, folder_name: str, at_step: int) -> None:
     """Raises Killed when `folder_name`'s training logs step `at_step` (0: before it starts)."""
-    original_train, original_write = jaxpet.pet.train, outputs.ThroughputLog.write
+    original_train, original_write = jaxpet.pipelines.pet.train, outputs.ThroughputLog.write
 
     def train(config, settings, loss_fn, params, groups, mesh, folder, seed):
         if folder.name == folder_name and at_step == 0:
@@ -175,7 +175,7 @@ def _kill_in(monkeypatch, folder_name: str, at_step: int) -> None:
         if Path(self.writer.directory).name == folder_name and step == at_step:
             raise Killed(f"{folder_name} at step {step}")
 
-    monkeypatch.setattr(jaxpet.pet, "train", train)
+    monkeypatch.setattr(jaxpet.pipelines.pet, "train", train)
     monkeypatch.setattr(outputs.ThroughputLog, "write", write)
 
 
@@ -225,7 +225,7 @@ def expected_ipet_sets(logits: dict, weights: dict, quotas: list[int], reduction
 def spy_on_training(monkeypatch) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """Records the arrays every model trains on: {"g1/p0-s0": {group prefix: arrays}}."""
     seen: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    original = jaxpet.pet.train
+    original = jaxpet.pipelines.pet.train
 
     def train(config, settings, loss_fn, params, groups, mesh, folder, seed):
         seen[f"{folder.parent.name}/{folder.name}"] = {
@@ -233,7 +233,7 @@ def spy_on_training(monkeypatch) -> dict[str, dict[str, dict[str, np.ndarray]]]:
             for prefix, (arrays, _, _) in groups.items()}
         return original(config, settings, loss_fn, params, groups, mesh, folder, seed)
 
-    monkeypatch.setattr(jaxpet.pet, "train", train)
+    monkeypatch.setattr(jaxpet.pipelines.pet, "train", train)
     return seen
 
 

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import saved_runs
 
-import jaxpet.pet
-import jaxpet.training
+import jaxpet.engine.training
+import jaxpet.pipelines.pet
 from jaxpet.cli import main
-from jaxpet.outputs import read_jsonl
+from jaxpet.runs.outputs import read_jsonl
 
 LABELS = ["1", "2", "3", "4"]
 MEMBERS = ["p0-s0", "p1-s0"]
@@ -42,13 +42,13 @@ def softmax_np(scores_NxL: np.ndarray) -> np.ndarray:
 
 def run_and_save(config) -> Path:
     """Runs `config`; the pipeline saves every member it trains (output.save_models: all)."""
-    jaxpet.pet.run(config)
+    jaxpet.pipelines.pet.run(config)
     return all_members_saved(Path(config.output_dir))
 
 
 def all_members_saved(out: Path) -> Path:
     """`out`, after checking that the run saved every member it trained (save_models: all)."""
-    from jaxpet.saved_model import is_saved_model
+    from jaxpet.runs.saved_model import is_saved_model
 
     members = [m for m in out.glob("p*-s*") if (m / "results.json").exists()]
     assert members and all(is_saved_model(m / "model") for m in members), members
@@ -57,7 +57,7 @@ def all_members_saved(out: Path) -> Path:
 
 def eval_examples(config) -> list:
     """The run's evaluation texts, without their labels (new text to the predictor)."""
-    from jaxpet.run_setup import load_task_data
+    from jaxpet.pipelines.setup import load_task_data
 
     return [dataclasses.replace(e, label=None) for e in load_task_data(config).eval]
 
@@ -335,7 +335,7 @@ def copa_predictor(copa_run):
 @pytest.mark.slow
 def test_multi_token_members_and_ensemble_decode_as_the_run(copa_run, copa_predictor, tmp_path,
                                                             capsys):
-    from jaxpet.saved_model import read_card
+    from jaxpet.runs.saved_model import read_card
 
     out, config = copa_run
     assert read_card(out / "p1-s0" / "model").decoding == "ltr"

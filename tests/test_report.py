@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxpet import outputs
-from jaxpet.report import results_table, summary_rows, write_report
+from jaxpet.runs import outputs
+from jaxpet.runs.report import results_table, summary_rows, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,10 +54,10 @@ def test_write_report_and_module_cli(tmp_path):
     assert (tmp_path / "summary.md").read_text().startswith(table)
     assert (tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"
     (tmp_path / "summary.md").unlink()
-    proc = subprocess.run([sys.executable, "-m", "jaxpet.report", str(tmp_path)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "jaxpet.runs.report", str(tmp_path)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "distilled classifier" in proc.stdout
     assert (tmp_path / "summary.md").exists()
-    proc = subprocess.run([sys.executable, "-m", "jaxpet.report", str(tmp_path / "missing")],
+    proc = subprocess.run([sys.executable, "-m", "jaxpet.runs.report", str(tmp_path / "missing")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "results.json" in proc.stderr

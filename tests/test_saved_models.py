@@ -155,7 +155,7 @@ def test_t5_backbone_members_are_saved_as_seq2seq_scorers(tmp_path_factory):
 def test_save_models_none_saves_nothing_and_a_rerun_that_wants_models_says_what_to_do(
         tmp_path_factory):
     from jaxpet.config import ConfigError, load_config
-    from jaxpet.pet import run
+    from jaxpet.pipelines.pet import run
 
     unsaved = saved_runs.unsaved_run(tmp_path_factory)
     out = unsaved["out"]
@@ -211,7 +211,7 @@ def test_a_bad_save_models_value_names_the_key(pet_run):
 
 KILL_SCRIPT = """\
 import os, signal, sys
-import jaxpet.saved_model as saved_model
+import jaxpet.runs.saved_model as saved_model
 from jaxpet.models import load_pretrained
 source, target = sys.argv[1], sys.argv[2]
 lm = load_pretrained(source, head="mlm")

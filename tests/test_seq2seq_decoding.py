@@ -158,7 +158,7 @@ def test_end_to_end_through_load_pretrained_and_tokenizer(tiny, tmp_path):
     from tiny_t5 import make_t5_tokenizer
 
     from jaxpet.models import load_pretrained
-    from jaxpet.t2t_tasks import mnli, summarization, translation
+    from jaxpet.text2text.tasks import mnli, summarization, translation
 
     folder = tmp_path / "with_tokenizer"
     shutil.copytree(tiny.folder, folder)

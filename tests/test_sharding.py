@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxpet.sharding import (
+from jaxpet.engine.sharding import (
     batch_sharding,
     fsdp_spec,
     global_batch,

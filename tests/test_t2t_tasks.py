@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxpet import t2t_metrics, t2t_readers, t2t_tasks
-from jaxpet.t2t_tasks import TextPair
+from jaxpet.text2text.tasks import TextPair
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "t2t")
 

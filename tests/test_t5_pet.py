@@ -12,7 +12,7 @@ from jaxpet.data import Example
 from jaxpet.decoding.seq2seq import score_targets
 from jaxpet.models import load_pretrained
 from jaxpet.prompts import get_pvp
-from jaxpet.t5_pet import (
+from jaxpet.scoring.seq2seq import (
     SENTINEL,
     make_t5_label_scores_fn,
     make_t5_pet_loss,
@@ -121,9 +121,9 @@ def test_loss_is_cross_entropy_over_label_scores(tiny):
 
 
 def test_tiny_t5_pet_training_fits_the_labeled_set(tiny):
-    from jaxpet.optim import make_optimizer
-    from jaxpet.sharding import make_mesh
-    from jaxpet.training import FAST_CPU_COMPILE, Trainer, fit
+    from jaxpet.engine.optim import make_optimizer
+    from jaxpet.engine.sharding import make_mesh
+    from jaxpet.engine.training import FAST_CPU_COMPILE, Trainer, fit
 
     lm, _ = tiny
     pvp = get_pvp("yelp-polarity", 1)
@@ -144,9 +144,9 @@ def test_tiny_t5_pet_training_fits_the_labeled_set(tiny):
 
 
 def test_parallel_member_loss_reads_padded_label_targets_from_the_batch(tiny):
-    from jaxpet.parallel_members import member_constants
-    from jaxpet.pet import PatternData
-    from jaxpet.t5_pet import T5_CONSTANT_KEYS, make_member_t5_pet_loss
+    from jaxpet.pipelines.parallel_members import member_constants
+    from jaxpet.pipelines.pet import PatternData
+    from jaxpet.scoring.seq2seq import T5_CONSTANT_KEYS, make_member_t5_pet_loss
 
     lm, _ = tiny
     one_word = get_pvp("yelp-polarity", 1)

@@ -20,12 +20,12 @@ from test_pipeline import (
 )
 from test_train_cli import _rows, build_workspace
 
-import jaxpet.multitoken_pet
-import jaxpet.training
+import jaxpet.engine.training
+import jaxpet.pipelines.multitoken
 from jaxpet.cli import train_main
 from jaxpet.config import load_config
-from jaxpet.fingerprint import run_fingerprint, write_fingerprint
-from jaxpet.outputs import read_jsonl
+from jaxpet.runs.fingerprint import run_fingerprint, write_fingerprint
+from jaxpet.runs.outputs import read_jsonl
 
 LABELS = ["1", "2", "3", "4"]
 MEMBERS = ["p0-s0", "p1-s0"]
@@ -35,15 +35,15 @@ TEMPERATURE = 2.5  # not the default 2: the run must use the configured one
 @pytest.fixture(scope="module", autouse=True)
 def fast_compile():
     """The pipeline's train steps compile with FAST_CPU_COMPILE (halves CPU compile times)."""
-    original = jaxpet.training.Trainer.__init__
+    original = jaxpet.engine.training.Trainer.__init__
 
     def init(self, *args, **kwargs):
         if kwargs.get("compiler_options") is None:  # the ensemble step's member Trainer too
-            kwargs["compiler_options"] = jaxpet.training.FAST_CPU_COMPILE
+            kwargs["compiler_options"] = jaxpet.engine.training.FAST_CPU_COMPILE
         original(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jaxpet.training.Trainer, "__init__", init)
+        patch.setattr(jaxpet.engine.training.Trainer, "__init__", init)
         yield
 
 
@@ -118,7 +118,7 @@ def pet_run(workspace):
         raise AssertionError("a T5 pattern went to the masked LM's K-step multi-token path")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jaxpet.multitoken_pet, "prepare_multitoken_pattern", no_k_step)
+        patch.setattr(jaxpet.pipelines.multitoken, "prepare_multitoken_pattern", no_k_step)
         status, printed, errors = _train(workspace)
     assert status == 0, errors
     out = workspace["root"] / "out-pet"
@@ -176,8 +176,8 @@ def test_ensemble_is_distilled_into_the_classifier_model(workspace, pet_run):
 
 def test_multi_token_label_words_are_scored_without_the_k_step_path(workspace, pet_run):
     from jaxpet.models import load_pretrained
-    from jaxpet.multitoken_pet import needs_multi_token
-    from jaxpet.pet import (
+    from jaxpet.pipelines.multitoken import needs_multi_token
+    from jaxpet.pipelines.pet import (
         PatternData,
         build_mesh,
         load_task_data,
@@ -186,7 +186,7 @@ def test_multi_token_label_words_are_scored_without_the_k_step_path(workspace, p
         prepare_pattern,
     )
     from jaxpet.prompts import get_pvp
-    from jaxpet.t5_pet import sentinel_tokenizer
+    from jaxpet.scoring.seq2seq import sentinel_tokenizer
 
     out, results, _ = pet_run
     config = load_config(workspace["config"])
@@ -264,7 +264,7 @@ def test_unsupported_options_fail_before_training(workspace, tmp_path, overrides
 
 def test_a_t5_run_needs_classifier_model_only_when_it_trains_a_classifier(workspace):
     from jaxpet.config import ConfigError
-    from jaxpet.pet import check_models
+    from jaxpet.pipelines.pet import check_models
 
     without = ["classifier.model=", "output_dir=unused"]
     check_models(load_config(workspace["config"], [*without, "no_distillation=true"]))
@@ -275,7 +275,7 @@ def test_a_t5_run_needs_classifier_model_only_when_it_trains_a_classifier(worksp
 
 def test_candidate_patterns_fail_naming_task_and_pattern(workspace):
     from jaxpet.models import load_pretrained
-    from jaxpet.pet import TaskData, prepare_pattern
+    from jaxpet.pipelines.pet import TaskData, prepare_pattern
 
     lm = load_pretrained(str(workspace["t5"]), head="seq2seq")
     config = load_config(workspace["config"], ["task.name=copa", "pet.pattern_ids=[1]"])

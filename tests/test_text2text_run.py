@@ -17,9 +17,11 @@ from safetensors.numpy import load_file
 from tiny_t5 import make_t5_tokenizer, make_tiny_t5
 
 from jaxpet.config import Config, ConfigError
-from jaxpet.fingerprint import write_fingerprint
+from jaxpet.engine.training import FAST_CPU_COMPILE
 from jaxpet.models import load_pretrained
-from jaxpet.text2text import (
+from jaxpet.runs.fingerprint import write_fingerprint
+from jaxpet.text2text.config import Text2TextConfig, load_text2text_config
+from jaxpet.text2text.run import (
     compute_metric,
     encode_pairs,
     make_seq2seq_loss,
@@ -29,8 +31,6 @@ from jaxpet.text2text import (
     run,
     run_fingerprint,
 )
-from jaxpet.text2text_config import Text2TextConfig, load_text2text_config
-from jaxpet.training import FAST_CPU_COMPILE
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = ROOT / "configs" / "t5_tiny_offline.yaml"
@@ -213,7 +213,7 @@ def test_built_in_formats_read_render_encode_and_score(tokenizer, reader, reader
 
 
 def test_model_section_options_reach_the_t5_model(model_dir, tmp_path):
-    from jaxpet.text2text import load_model
+    from jaxpet.text2text.run import load_model
 
     lm = load_model(tiny_config(model_dir, tmp_path, "model.remat=true"))
     assert lm.config.remat and lm.module.config is lm.config

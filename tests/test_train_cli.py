@@ -14,7 +14,7 @@ import pytest
 
 from jaxpet.cli import main, train_main
 from jaxpet.config import load_config
-from jaxpet.outputs import read_jsonl
+from jaxpet.runs.outputs import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 TOPICS = {  # label -> (verbalizer word, topic words)
@@ -118,7 +118,7 @@ def _untrained_train_accuracy(workspace: dict, pattern_id: int) -> float:
     import torch
     from transformers import BertForMaskedLM, BertTokenizer
 
-    from jaxpet.run_setup import load_task_data
+    from jaxpet.pipelines.setup import load_task_data
 
     train = load_task_data(load_config(workspace["config"])).train
     assert len(train) == 16
@@ -220,7 +220,7 @@ def test_label_outside_task_is_reported_with_file_and_line(workspace, tmp_path, 
 
 
 def _paper_configs() -> list[Path]:
-    # t5_*.yaml are text-to-text configs with their own schema (jaxpet.text2text_config)
+    # t5_*.yaml are text-to-text configs with their own schema (jaxpet.text2text.config)
     return sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("t5_"))
 
 

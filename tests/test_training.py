@@ -10,9 +10,9 @@ import numpy as np
 
 from jaxpet import losses
 from jaxpet.data.masking import mask_tokens_positions
-from jaxpet.pet_step import make_label_logits_fn, make_pet_loss
-from jaxpet.sharding import make_mesh
-from jaxpet.training import FAST_CPU_COMPILE, fit, predict
+from jaxpet.engine.sharding import make_mesh
+from jaxpet.engine.training import FAST_CPU_COMPILE, fit, predict
+from jaxpet.scoring.cloze_step import make_label_logits_fn, make_pet_loss
 
 STEPS = 4
 
@@ -111,10 +111,10 @@ def _check_predict_pads_the_last_batch_and_keeps_every_row(state):
 
 
 def test_bfloat16_compute_keeps_float32_master_weights():
-    from jaxpet.optim import make_optimizer
-    from jaxpet.pet_step import make_classifier_loss
-    from jaxpet.sharding import global_batch
-    from jaxpet.training import Trainer
+    from jaxpet.engine.optim import make_optimizer
+    from jaxpet.engine.sharding import global_batch
+    from jaxpet.engine.training import Trainer
+    from jaxpet.scoring.cloze_step import make_classifier_loss
 
     class Probe(nn.Module):
         @nn.compact

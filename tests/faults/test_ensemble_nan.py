@@ -1,6 +1,6 @@
 """The finite-loss guard of ensemble-parallel training (fit_ensemble, pet.parallel_members):
 the first non-finite step of any member stops the run naming the step, the stage, the member
-and the last good checkpoint, as jaxpet.training.fit does for one member."""
+and the last good checkpoint, as jaxpet.engine.training.fit does for one member."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import optax
 import pytest
 from test_train_cli import build_workspace
 
-from jaxpet.checkpoint import Checkpointer
 from jaxpet.cli import train_main
-from jaxpet.ensemble_training import EnsembleTrainer, fit_ensemble
-from jaxpet.outputs import read_jsonl
-from jaxpet.sharding import make_mesh
-from jaxpet.training import NonFiniteLossError
+from jaxpet.engine.checkpoint import Checkpointer
+from jaxpet.engine.ensemble_training import EnsembleTrainer, fit_ensemble
+from jaxpet.engine.sharding import make_mesh
+from jaxpet.engine.training import NonFiniteLossError
+from jaxpet.runs.outputs import read_jsonl
 
 STEPS = 6
 

@@ -18,7 +18,7 @@ import pytest
 from test_train_cli import build_workspace
 
 from jaxpet.cli import train_main
-from jaxpet.outputs import read_jsonl
+from jaxpet.runs.outputs import read_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 # fast settings shared by every run here: one pattern, no zero-shot pass, no distillation
@@ -201,7 +201,7 @@ def test_a_second_run_on_a_locked_folder_stops_and_a_dead_holder_is_stale(capsys
     out = tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from jaxpet.run_lock import RunLock; "
+        [sys.executable, "-c", "import sys, time; from jaxpet.runs.lock import RunLock; "
          "lock = RunLock(sys.argv[1], enabled=True); lock.acquire(); print('locked', flush=True); "
          "time.sleep(600)", str(out)], stdout=subprocess.PIPE, text=True)
     try:

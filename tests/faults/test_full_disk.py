@@ -93,7 +93,7 @@ def test_full_disk_stops_cleanly_and_a_rerun_finishes(workspace, tmp_path, capsy
 # such a callback for real, then an unrelated unraisable error that must still be printed.
 CLOSED_LOOP_CHILD = r"""
 import asyncio, gc
-from jaxpet.checkpoint import Checkpointer
+from jaxpet.engine.checkpoint import Checkpointer
 
 Checkpointer(__import__("sys").argv[1], 2)
 loop = asyncio.new_event_loop()

@@ -17,7 +17,7 @@ import pytest
 from test_train_cli import build_workspace
 
 from jaxpet.cli import train_main
-from jaxpet.outputs import read_jsonl
+from jaxpet.runs.outputs import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 # The child runs train.py's train_main with a kill hook patched in (test-only, it lives here):
@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 KILL_CHILD = r"""
 import os, signal, sys
 from pathlib import Path
-from jaxpet import outputs, training
+from jaxpet.engine import training
+from jaxpet.runs import outputs
 from jaxpet.cli import train_main
 
 original_init = training.Trainer.__init__

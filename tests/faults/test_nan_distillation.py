@@ -10,7 +10,7 @@ import pytest
 from test_train_cli import build_workspace
 
 from jaxpet.cli import train_main
-from jaxpet.outputs import read_jsonl
+from jaxpet.runs.outputs import read_jsonl
 
 
 @pytest.mark.slow  # two train.py stages in one run, ~40 s on 2 shared cores

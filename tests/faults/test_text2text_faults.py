@@ -15,10 +15,10 @@ import pytest
 from tiny_t5 import make_t5_tokenizer, make_tiny_t5
 
 from jaxpet.cli import train_main
-from jaxpet.outputs import read_jsonl
-from jaxpet.text2text import run
-from jaxpet.text2text_config import load_text2text_config
-from jaxpet.training import FAST_CPU_COMPILE
+from jaxpet.engine.training import FAST_CPU_COMPILE
+from jaxpet.runs.outputs import read_jsonl
+from jaxpet.text2text.config import load_text2text_config
+from jaxpet.text2text.run import run
 
 # train.py runs in this process compile as the finished run's (FAST_CPU_COMPILE)
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -118,7 +118,7 @@ def test_a_second_run_on_a_locked_folder_stops_naming_the_holder(capsys, space, 
     out = tmp_path / "out"
     out.mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from jaxpet.run_lock import RunLock; "
+        [sys.executable, "-c", "import sys, time; from jaxpet.runs.lock import RunLock; "
          "lock = RunLock(sys.argv[1], enabled=True); lock.acquire(); print('locked', flush=True); "
          "time.sleep(600)", str(out)], stdout=subprocess.PIPE, text=True)
     try:
