@@ -86,7 +86,16 @@ def prepare(module: str, tests: list[str], shared: dict, pytest_options: dict, f
 def mutmut(work: Path, *args: str, capture: bool = True) -> str:
     """Runs the mutmut next to this interpreter inside the work folder."""
     exe = Path(sys.executable).parent / "mutmut"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1")
+    env = dict(
+        os.environ, JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1",
+        # Every mutant's process starts with empty in-memory compile caches: XLA executables
+        # kept on disk (keyed by the lowered program, so a mutated one never hits a clean
+        # one's entry) spare recompiling what the mutant did not change, e.g. each primitive
+        # of a test that runs eagerly.
+        JAX_COMPILATION_CACHE_DIR=str(work / "jax-cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+    )
     done = subprocess.run(
         [str(exe), *args], cwd=work, env=env, text=True,
         stdout=subprocess.PIPE if capture else None, stderr=subprocess.STDOUT if capture else None,
