@@ -29,7 +29,8 @@ test: $(TEST_STAMP)
 	$(PY) -m pytest -n 2 -q tests
 
 lint: $(TEST_STAMP)
-	$(VENV)/bin/ruff check jaxpet tests train.py
+	$(VENV)/bin/ruff check jaxpet tests train.py tools
+	$(VENV)/bin/lint-imports
 
 # Mutation testing over the core modules (local only, not part of `make test`/CI; minutes to
 # hours on 2 cores). One module: make mutate MODULE=jaxpet/losses.py

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from jaxpet.atomic import atomic_folder
 from jaxpet.init_model import main as init_model_main
 from jaxpet.init_model import random_model
 from jaxpet.models.pretrained import load_pretrained, save_pretrained
-from jaxpet.runs.atomic import atomic_folder
 
 
 def test_a_failed_export_leaves_no_folder_and_no_partial_files(tmp_path, monkeypatch):

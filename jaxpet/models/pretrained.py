@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpet.atomic import atomic_folder
 from jaxpet.models import convert
 from jaxpet.models.config import SUPPORTED_MODEL_TYPES, EncoderConfig
 from jaxpet.models.heads import EncoderForMaskedLM, EncoderForSequenceClassification
-from jaxpet.runs.atomic import atomic_folder
 
 ENCODER_HEADS = ("mlm", "classifier")
 _T5_TYPES = ("t5", "mt5")
@@ -278,7 +278,7 @@ def load_pretrained(
 def save_pretrained(lm: LoadedModel, out_dir: str | os.PathLike) -> Path:
     """Writes config.json + model.safetensors (+ tokenizer) that transformers loads back.
 
-    The folder is filled under a temporary name and renamed when complete (jaxpet.runs.atomic), so
+    The folder is filled under a temporary name and renamed when complete (jaxpet.atomic), so
     it never holds a config without its weights; an existing folder of that name is replaced.
     """
     with atomic_folder(out_dir) as partial:

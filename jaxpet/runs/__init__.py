@@ -1,1 +1,1 @@
-"""Run folders: atomic writes, outputs, reports, locks, fingerprints and saved-model cards."""
+"""Run folders: outputs, reports, locks, fingerprints and saved-model cards."""

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from jaxpet.atomic import remove_leftovers
 from jaxpet.config import Config, ConfigError, to_dict
-from jaxpet.runs.atomic import remove_leftovers
 
 FINGERPRINT_FILE = "fingerprint.json"
 # Files a run writes before any result; a folder holding only these holds nothing to reuse.

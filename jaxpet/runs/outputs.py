@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxpet.runs.atomic import atomic_write
+from jaxpet.atomic import atomic_write
 
 
 def _to_builtin(value: Any) -> Any:

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxpet.atomic import atomic_write
 from jaxpet.runs import outputs
-from jaxpet.runs.atomic import atomic_write
 
 # one row: (setting, {metric: (mean, std, runs)})
 Row = tuple[str, dict[str, tuple[float, float, int]]]

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from jaxpet.runs.atomic import atomic_folder
+from jaxpet.atomic import atomic_folder
 
 CARD_FILE = "jaxpet.json"
 CARD_FORMAT = 1

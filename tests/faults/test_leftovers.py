@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KILLED_WRITE = r"""
 import os, signal, sys
 from pathlib import Path
-from jaxpet.runs.atomic import atomic_folder, atomic_write
+from jaxpet.atomic import atomic_folder, atomic_write
 
 kind, path = sys.argv[1], Path(sys.argv[2])
 if kind == "file":
