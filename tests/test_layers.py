@@ -1,4 +1,4 @@
-"""The package's layer contract (pyproject [tool.importlinter]) holds, and it catches an upward import."""
+"""The layer contract (pyproject [tool.importlinter]) holds, and it catches an upward import."""
 
 import shutil
 import subprocess
