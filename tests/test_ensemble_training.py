@@ -14,7 +14,6 @@ from jaxpet.engine.ensemble_training import (
     EnsembleTrainer,
     Member,
     fit_ensemble,
-    make_member_pet_loss,
     stack_member_batches,
     train_members,
     unstack,
@@ -24,7 +23,7 @@ from jaxpet.engine.sharding import make_mesh
 from jaxpet.engine.training import FAST_CPU_COMPILE, Trainer, fit
 from jaxpet.models.config import EncoderConfig
 from jaxpet.models.pretrained import init_model
-from jaxpet.scoring.cloze_step import make_pet_loss
+from jaxpet.scoring.cloze_step import make_member_pet_loss, make_pet_loss
 
 VOCAB, SEQ, STEPS, BATCH = 96, 24, 4, 4
 PAD, CLS, SEP, MASK = 0, 1, 2, 3

@@ -19,11 +19,12 @@ import jax
 import numpy as np
 
 from jaxpet.bench.train import SpecialIds, model_config, synthetic_batch, verbalizer_ids
-from jaxpet.engine.ensemble_training import EnsembleTrainer, make_member_pet_loss, member_keys
+from jaxpet.engine.ensemble_training import EnsembleTrainer, member_keys
 from jaxpet.engine.optim import make_optimizer
 from jaxpet.engine.sharding import global_batch, make_mesh
 from jaxpet.engine.training import Trainer
 from jaxpet.models.pretrained import init_model
+from jaxpet.scoring.cloze_step import make_member_pet_loss
 
 
 def _timed(run: Any, repeats: int) -> tuple[list[float], list[float]]:

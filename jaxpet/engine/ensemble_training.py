@@ -17,9 +17,6 @@ products may round differently, so results equal sequential training to float32 
 from __future__ import annotations
 
 import dataclasses
-import signal
-import sys
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -33,17 +30,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxpet.data.batching import is_sequence_key
+from jaxpet.engine.fit import MetricsWriter, fit_loop
 from jaxpet.engine.sharding import BATCH_AXES, process_batch_slice, replicated
-from jaxpet.engine.training import (
-    LossFn,
-    MetricsWriter,
-    SigtermFlag,
-    Trainer,
-    TrainState,
-    fit,
-    non_finite_error,
-    stage_name,
-)
+from jaxpet.engine.training import LossFn, Trainer, TrainState, fit
 
 MEMBER_AXIS = "member"
 DEFAULT_CONSTANT_KEYS: tuple[str, ...] = ("verbalizer_ids",)
@@ -110,15 +99,6 @@ def constants_from_batch(build: Callable[..., LossFn], keys: Sequence[str]) -> L
         return loss(params, {k: v for k, v in batch.items() if k not in keys}, rng)
 
     return loss_fn
-
-
-def make_member_pet_loss(apply_fn: Callable, **pet_kwargs: Any) -> LossFn:
-    """jaxpet.scoring.cloze_step.make_pet_loss reading the verbalizer ids [L, W] from the batch key
-    "verbalizer_ids" ([M, L, W] for the ensemble); pet_kwargs as make_pet_loss takes them."""
-    from jaxpet.scoring.cloze_step import make_pet_loss
-
-    return constants_from_batch(lambda v_LxW: make_pet_loss(apply_fn, v_LxW, **pet_kwargs),
-                                ("verbalizer_ids",))
 
 
 def with_constants(loss_fn: LossFn, constants: Mapping[str, Any]) -> LossFn:
@@ -221,6 +201,22 @@ class EnsembleTrainer:
         """Programs train_step has compiled so far (one per batch shape)."""
         return sum(f._cache_size() for f in self._steps.values())
 
+    # What jaxpet.engine.fit.fit_loop asks of a trainer (FitTrainer), for M stacked members:
+    def fit_batch(self, host: Mapping[str, np.ndarray]) -> tuple[dict[str, jax.Array], int]:
+        """The full stacked [M, ...] host batch -> global arrays, and one member's examples."""
+        rows = next(v.shape[1] for k, v in host.items() if k not in self.constant_keys)
+        return self.global_batch(host), rows
+
+    def fit_metrics(self, host: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+        return [{k: float(v[m]) for k, v in host.items()} for m in range(self.num_members)]
+
+    def fit_where(self, stage: str, bad_steps: np.ndarray, first: int) -> str:
+        members = ", ".join(str(m) for m in np.flatnonzero(bad_steps == first))
+        return f"{stage} (member {members})"
+
+    def fit_label(self) -> str:
+        return f"train x{self.num_members}"
+
     def unstack(self, state: TrainState, m: int) -> TrainState:
         """Member m's state, laid out as the plain Trainer lays out one member (one program)."""
         if not 0 <= m < self.num_members:
@@ -254,31 +250,23 @@ def aligned_batch_fn(
     return batch
 
 
-def _first_bad_steps(bad_M: jax.Array, done: jax.Array, loss_M: jax.Array,
-                     grad_norm_M: jax.Array) -> jax.Array:
-    # per member, the first step (1-based) whose loss or gradient norm is not finite, -1 while
-    # all are: dispatched after every step, read only with the delayed metrics or before a
-    # checkpoint (as jaxpet.engine.training.fit does), so the host never waits for the device for it
-    finite_M = jnp.isfinite(loss_M) & jnp.isfinite(grad_norm_M)
-    return jnp.where((bad_M < 0) & ~finite_M, done, bad_M)
-
-
 def fit_ensemble(
     trainer: EnsembleTrainer, state: TrainState, batch_fns: Sequence[BatchFn] | BatchFn,
     num_steps: int, *, seeds: Sequence[int], constants: Sequence[Mapping[str, Any]] | None = None,
     pad_id: int = 0, checkpointer: Any = None, save_every: int = 0, log_every: int = 50,
     metrics_writers: Sequence[MetricsWriter | None] | None = None, progress: bool = True,
-    stage: str | None = None,
+    stop_check_every: int = 1, stage: str | None = None,
 ) -> TrainState:
     """`jaxpet.engine.training.fit` for M members: steps state.step .. num_steps-1 of all of them.
 
     batch_fns[m](step): member m's *global* batch (pure in its seed and step), or one function
     giving the stacked [M, ...] batch; constants[m]: e.g. {"verbalizer_ids": [L, W]}; seeds[m]:
-    its rng seed. Resume, lagged logging, SIGTERM / a first Ctrl-C (save, "interrupted,
-    checkpoint at step N", SystemExit(143) / (130)) and the finite-loss guard work as in `fit`:
-    the first step at which any member's loss or gradient norm is not finite raises
-    NonFiniteLossError naming that step, `stage` (default: the checkpoint folder's parent) with
-    the member index(es), and the last good checkpoint; nothing is saved after it.
+    its rng seed. The loop is `fit`'s (jaxpet.engine.fit.fit_loop): resume, lagged logging
+    (metrics_writers[m] gets member m's), SIGTERM / a first Ctrl-C agreed by every process of a
+    multi-host run (save, "interrupted, checkpoint at step N", SystemExit(143) / (130)) and the
+    finite-loss guard: the first step at which any member's loss or gradient norm is not
+    finite raises NonFiniteLossError naming that step, `stage` (default: the checkpoint
+    folder's parent) with the member index(es), and the last good checkpoint.
     """
     m_count = trainer.num_members
     if not callable(batch_fns):
@@ -287,103 +275,11 @@ def fit_ensemble(
         batch_fns = aligned_batch_fn(batch_fns, constants, pad_id, trainer.constant_keys)
     if len(seeds) != m_count:
         raise ValueError(f"fit_ensemble: {len(seeds)} seeds for {m_count} members")
-    if checkpointer is not None:
-        latest = checkpointer.latest_step()
-        if latest is not None and latest > num_steps:
-            # restoring it would report longer-trained members as this run's result
-            raise ValueError(
-                f"{checkpointer.directory} holds a checkpoint at step {latest}, beyond this "
-                f"run's {num_steps} steps: it belongs to a different run (use a new output_dir "
-                "or --overwrite)")
-        if latest is not None and latest > int(state.step):
-            state = checkpointer.restore_latest(state)[1]
-    start = int(state.step)
-    save_every = save_every or getattr(checkpointer, "save_every", 0) or 0
     rng_M = jax.device_put(member_keys(seeds), trainer.member_sharding)
-    writers = list(metrics_writers or [])
-    bar = None
-    if progress and jax.process_index() == 0 and start < num_steps:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_steps, initial=start, desc=f"train x{m_count}", dynamic_ncols=True)
-    stage = stage or stage_name(checkpointer)
-    latest_good = None if checkpointer is None else checkpointer.latest_step()
-    # replicated, so that every process reads all members' steps from its own devices
-    first_bad_steps = jax.jit(_first_bad_steps, out_shardings=replicated(trainer.mesh))
-    bad_M = jax.device_put(np.full((m_count,), -1, np.int32), replicated(trainer.mesh))
-    pending: tuple[int, dict, int, jax.Array] | None = None
-    seen, last = 0, (time.perf_counter(), 0)
-
-    def check_finite(bad_then_M: jax.Array) -> None:
-        steps_M = np.asarray(bad_then_M.addressable_data(0))
-        if (steps_M >= 0).any():
-            first = int(steps_M[steps_M >= 0].min())
-            flush()  # the log shows the delayed metrics up to the non-finite step
-            if bar is not None:
-                bar.close()
-            if checkpointer is not None:
-                checkpointer.wait()  # the last good checkpoint is complete on disk
-            members = ", ".join(str(m) for m in np.flatnonzero(steps_M == first))
-            raise non_finite_error(first, f"{stage} (member {members})", checkpointer,
-                                    latest_good)
-
-    def flush() -> None:
-        nonlocal pending, last
-        if pending is None:
-            return
-        (step, metrics, seen_then, bad_then_M), pending = pending, None
-        host = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
-        now = time.perf_counter()
-        rate = (seen_then - last[1]) / max(now - last[0], 1e-9)  # examples/s of one member
-        last = (now, seen_then)
-        for m, writer in enumerate(writers):
-            if writer is not None:
-                writer(step, {**{k: float(v[m]) for k, v in host.items()}, "examples_per_s": rate})
-        if bar is not None:
-            bar.set_postfix(loss=f"{host['loss'].mean():.4f}", ex_s=f"{rate * m_count:.1f}")
-        check_finite(bad_then_M)
-
-    def save(done: int, force: bool = False) -> None:
-        nonlocal latest_good
-        if checkpointer is not None and (force or (save_every and done % save_every == 0)):
-            check_finite(bad_M)  # never save a state that a non-finite step produced
-            if checkpointer.save(done, state, force=True):
-                latest_good = done
-            if force:
-                checkpointer.wait()
-
-    with SigtermFlag() as sigterm:
-        for step in range(start, num_steps):
-            stacked = batch_fns(step)
-            state, metrics = trainer.train_step(state, trainer.global_batch(stacked), rng_M)
-            seen += next(v.shape[1] for k, v in stacked.items() if k not in trainer.constant_keys)
-            done = step + 1
-            bad_M = first_bad_steps(bad_M, np.int32(done), metrics["loss"], metrics["grad_norm"])
-            flush()  # the previous step's metrics: ready by now without blocking this one
-            if log_every and (done % log_every == 0 or done == num_steps):
-                pending = (done, metrics, seen, bad_M)
-            if bar is not None:
-                bar.update(1)
-            save(done)
-            if sigterm.raised:
-                flush()
-                save(done, force=True)
-                if bar is not None:
-                    bar.close()
-                if jax.process_index() == 0:
-                    # one line, as `fit` prints it, instead of a KeyboardInterrupt's tracebacks
-                    where = (f"checkpoint at step {checkpointer.latest_step()}"
-                             if checkpointer is not None else
-                             f"at step {done}, no checkpoint (checkpoint.every is 0)")
-                    print(f"interrupted, {where}", file=sys.stderr, flush=True)
-                raise SystemExit(130 if sigterm.signum == signal.SIGINT else 143)
-        flush()
-        check_finite(bad_M)
-    if bar is not None:
-        bar.close()
-    if int(state.step) > start:
-        save(int(state.step), force=True)
-    return state
+    return fit_loop(trainer, state, batch_fns, num_steps, rng=rng_M, checkpointer=checkpointer,
+                    save_every=save_every, log_every=log_every,
+                    metrics_writers=list(metrics_writers or []), progress=progress,
+                    stop_check_every=stop_check_every, stage=stage)
 
 
 @dataclasses.dataclass
@@ -412,7 +308,7 @@ def train_members(
     whose step runs out of device memory (RESOURCE_EXHAUSTED) goes one by one, as does a last
     group that the member axis does not divide. Member m gets the same batches in every mode
     (lengths aligned over *all* members), so all agree to float32 rounding. loss_fn reads the
-    constants from the batch (make_member_pet_loss). checkpointer_for(group's member indices,
+    constants from the batch (constants_from_batch). checkpointer_for(group's member indices,
     or (m,) one by one) gives that run's Checkpointer or None. compiler_options go to every
     step's jax.jit, in every mode.
     """

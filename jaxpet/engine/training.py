@@ -1,4 +1,4 @@
-"""Train state, the compiled (sharded, donated) train step, the fit loop and batched prediction.
+"""Train state, the compiled (sharded, donated) train step, `fit` of one model, batched prediction.
 
 Determinism: the step's rng is `fold_in(rng, state.step)` computed inside the compiled step
 (`rng` is the run's base key, `jax.random.key(seed)`), and `batch_fn(step)` must be a pure
@@ -10,10 +10,6 @@ flows back to the float32 masters). A model built with dtype=bfloat16 does the s
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
-import time
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,10 +20,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
+# The loop's stop and guard parts are imported from here too (their home is engine.fit).
+from jaxpet.engine.fit import (  # noqa: F401
+    MetricsWriter,
+    NonFiniteLossError,
+    SigtermFlag,
+    StopVote,
+    fit_loop,
+    non_finite_error,
+    stage_name,
+)
 from jaxpet.engine.sharding import (
     batch_divisor,
     batch_sharding,
@@ -165,116 +169,20 @@ class Trainer:
         """How many programs train_step has compiled so far (one per batch shape)."""
         return 0 if self._train_step is None else self._train_step._cache_size()
 
+    # What jaxpet.engine.fit.fit_loop asks of a trainer (FitTrainer), for one model:
+    def fit_batch(self, host: Mapping[str, np.ndarray]) -> tuple[dict[str, jax.Array], int]:
+        """This process's rows -> the global batch, and its number of examples."""
+        batch = global_batch(host, self.mesh)
+        return batch, next(iter(batch.values())).shape[0]
 
-class SigtermFlag:
-    """Turns SIGTERM and a first SIGINT (Ctrl-C) into a flag that the loop checks between
-    steps (main thread only); a second Ctrl-C interrupts at once, as Python's default does."""
+    def fit_metrics(self, host: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+        return [{k: float(v) for k, v in host.items()}]
 
-    def __init__(self) -> None:
-        self.raised = False
-        self.signum: int | None = None
-        self.previous: dict[int, Any] = {}
+    def fit_where(self, stage: str, bad_steps: np.ndarray, first: int) -> str:
+        return stage
 
-    def __enter__(self) -> SigtermFlag:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self.previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                break
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.raised = True
-        self.signum = self.signum or signum
-        if signum == signal.SIGINT:
-            previous = self.previous.get(signal.SIGINT) or signal.default_int_handler
-            signal.signal(signal.SIGINT, previous)
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, previous in self.previous.items():
-            if previous is not None:  # None: a handler not installed from Python
-                signal.signal(signum, previous)
-
-
-class StopVote:
-    """All processes agree, at the same step, whether any one of them was asked to stop.
-
-    A SIGTERM reaches one host (or some hosts) of a multi-host run; stopping only there would
-    leave the others hanging in the next collective. So every `every` steps each process
-    contributes its local flag to a tiny max-reduction over all devices, dispatched
-    asynchronously and read one step later (by then it has run after the previous train step),
-    which keeps the host from waiting on the device. Every process reads the same reduced
-    value at the same step and so stops at the same step. A single process decides alone.
-    """
-
-    def __init__(self, mesh: Mesh, every: int = 1) -> None:
-        if every < 1:
-            raise ValueError(f"stop_check_every must be >= 1, got {every}")
-        self.every = int(every)
-        self.multi = jax.process_count() > 1
-        self._pending: jax.Array | None = None
-        if self.multi:
-            devices = mesh.devices.reshape(-1)
-            vote_mesh = Mesh(devices, ("all",))
-            self._sharding = NamedSharding(vote_mesh, P("all"))
-            self._shape = (devices.size,)
-            me = jax.process_index()
-            self._local = [d for d in devices if d.process_index == me]
-            self._reduce = jax.jit(jnp.max, out_shardings=NamedSharding(vote_mesh, P()))
-
-    def _cast(self, flag: bool) -> None:
-        value = np.full((1,), int(flag), np.int32)
-        shards = [jax.device_put(value, device) for device in self._local]
-        votes = jax.make_array_from_single_device_arrays(self._shape, self._sharding, shards)
-        self._pending = self._reduce(votes)
-
-    def should_stop(self, done: int, local_flag: bool) -> bool:
-        """Called by every process after dispatching the step that makes `done` steps."""
-        if not self.multi:
-            return local_flag
-        agreed = False
-        if self._pending is not None:
-            agreed = bool(np.asarray(self._pending))
-            self._pending = None
-        if not agreed and done % self.every == 0:
-            self._cast(local_flag)
-        return agreed
-
-
-MetricsWriter = Callable[[int, dict[str, float]], None]
-
-
-class NonFiniteLossError(ValueError):
-    """Training produced a NaN or infinite loss or gradient norm; the run stops there."""
-
-
-@jax.jit
-def _first_bad_step(bad: jax.Array, done: jax.Array, loss: jax.Array,
-                    grad_norm: jax.Array) -> jax.Array:
-    # the first step (1-based, as metrics.jsonl counts) whose loss or gradient is not finite;
-    # -1 while all are. Dispatched after every step and read only with the delayed metrics
-    # or before a checkpoint, so it never makes the host wait for the device.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    return jnp.where((bad < 0) & ~finite, done, bad)
-
-
-def non_finite_error(bad: int, stage: str, checkpointer: Any, good: int | None) -> Exception:
-    if checkpointer is None:
-        last = "no checkpoint was saved (checkpoint.every is 0)"
-    elif good is None:
-        last = f"no good checkpoint in {checkpointer.directory}"
-    else:
-        last = f"last good checkpoint: step {good} in {checkpointer.directory}"
-    return NonFiniteLossError(
-        f"{stage}: non-finite loss or gradient at step {bad}; training stopped ({last}). "
-        "Lower the learning rate, check the data, or a temperature/scale set to 0")
-
-
-def stage_name(checkpointer: Any) -> str:
-    directory = getattr(checkpointer, "directory", None)
-    if directory:  # <stage folder>/checkpoints
-        return os.path.basename(os.path.dirname(os.path.normpath(directory)))
-    return "training"
+    def fit_label(self) -> str:
+        return "train"
 
 
 def fit(
@@ -292,126 +200,19 @@ def fit(
     stop_check_every: int = 1,
     stage: str | None = None,
 ) -> TrainState:
-    """Runs train steps state.step .. num_steps-1 and returns the final state.
+    """Runs train steps state.step .. num_steps-1 and returns the final state (`fit_loop`).
 
     batch_fn(step) gives this process's rows of the global batch for `step` (a pure function
-    of (seed, step), e.g. a jaxpet.data.batching.Batcher). With a checkpointer, the run first
-    resumes from its latest checkpoint, saves every `save_every` steps (0: use the
-    checkpointer's own `save_every`) and at the end, all asynchronously. On SIGTERM (to any
-    one process of a multi-host run) all processes agree on a step (see StopVote; checked every
-    `stop_check_every` steps), save it, wait for the write, print "interrupted, checkpoint at
-    step N" and raise SystemExit(143); a first Ctrl-C does the same with status 130. Running
-    the same command again resumes there. A NaN or infinite loss or gradient norm raises
-    NonFiniteLossError naming the first such step, `stage` (default: the checkpoint folder's
-    parent) and the last good checkpoint; no checkpoint is saved after it. It is noticed with
-    the delayed metrics, at a checkpoint or at the end. metrics_writer(step, metrics)
-    receives the metrics of every `log_every`-th step (and the last), one step late so that
-    logging never stalls the device. Metrics are host floats; `examples_per_s` is added.
+    of (seed, step), e.g. a jaxpet.data.batching.Batcher); the step's rng derives from
+    jax.random.key(seed). Resume, checkpoints (every `save_every` steps, 0: the checkpointer's
+    own), the SIGTERM / first Ctrl-C stop agreed by every process (SystemExit 143 / 130), the
+    NonFiniteLossError guard naming `stage`, and the lagged metrics_writer(step, metrics) of
+    every `log_every`-th step are jaxpet.engine.fit.fit_loop's.
     """
-    if trainer.state_sharding is None:
-        trainer.state_sharding = jax.tree.map(lambda x: x.sharding, state)
-    if checkpointer is not None:
-        latest = checkpointer.latest_step()
-        if latest is not None and latest > num_steps:
-            # restoring it would report a longer-trained model as this run's result
-            raise ValueError(
-                f"{checkpointer.directory} holds a checkpoint at step {latest}, beyond this "
-                f"run's {num_steps} steps: it belongs to a different run (use a new output_dir "
-                "or --overwrite)")
-        if latest is not None and latest > int(state.step):
-            state = checkpointer.restore_latest(state)[1]
-    start = int(state.step)
-    if jax.process_count() > 1:
-        # Hosts that disagree on the step range would hang in a collective; fail instead.
-        multihost_utils.assert_equal(
-            np.array([start, num_steps]), "fit: processes disagree on (start step, num_steps)"
-        )
-    vote = StopVote(trainer.mesh, stop_check_every)
-    save_every = save_every or getattr(checkpointer, "save_every", 0) or 0
-    rng = jax.random.key(seed)
-    show = progress and jax.process_index() == 0 and start < num_steps
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=num_steps, initial=start, desc="train", dynamic_ncols=True)
-    stage = stage or stage_name(checkpointer)
-    latest_good = None if checkpointer is None else checkpointer.latest_step()
-    bad = jax.device_put(np.full((), -1, np.int32), replicated(trainer.mesh))
-
-    def check_finite(bad_then: jax.Array) -> None:
-        first = int(np.asarray(bad_then.addressable_data(0)))  # replicated: any shard
-        if first >= 0:
-            flush()  # the log shows the delayed metrics up to the non-finite step
-            if bar is not None:
-                bar.close()
-            if checkpointer is not None:
-                checkpointer.wait()  # the last good checkpoint is complete on disk
-            raise non_finite_error(first, stage, checkpointer, latest_good)
-
-    def save(done: int, force: bool = False) -> None:
-        nonlocal latest_good
-        check_finite(bad)  # never save a state that a non-finite step produced
-        if checkpointer.save(done, state, force=force):
-            latest_good = done
-
-    pending: tuple[int, dict, int, jax.Array] | None = None
-    seen = 0  # examples dispatched so far in this call
-    last_time, last_seen = time.perf_counter(), 0
-
-    def flush() -> None:
-        nonlocal pending, last_time, last_seen
-        if pending is None:
-            return
-        step, metrics, seen_then, bad_then = pending
-        pending = None
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        now = time.perf_counter()
-        values["examples_per_s"] = (seen_then - last_seen) / max(now - last_time, 1e-9)
-        last_time, last_seen = now, seen_then
-        if metrics_writer is not None:
-            metrics_writer(step, values)
-        if bar is not None:
-            bar.set_postfix(loss=f"{values['loss']:.4f}", ex_s=f"{values['examples_per_s']:.1f}")
-        check_finite(bad_then)
-
-    with SigtermFlag() as sigterm:
-        for step in range(start, num_steps):
-            local = batch_fn(step)
-            batch = global_batch(local, trainer.mesh)
-            state, metrics = trainer.train_step(state, batch, rng)
-            seen += next(iter(batch.values())).shape[0]
-            done = step + 1
-            bad = _first_bad_step(bad, np.int32(done), metrics["loss"], metrics["grad_norm"])
-            flush()  # the previous step's metrics: ready by now without blocking this one
-            if log_every and (done % log_every == 0 or done == num_steps):
-                pending = (done, metrics, seen, bad)
-            if bar is not None:
-                bar.update(1)
-            if checkpointer is not None and save_every and done % save_every == 0:
-                save(done)
-            if vote.should_stop(done, sigterm.raised):
-                flush()
-                if checkpointer is not None:
-                    save(done, force=True)
-                    checkpointer.wait()
-                if bar is not None:
-                    bar.close()
-                if jax.process_index() == 0:
-                    # one line, not the tracebacks of every thread a KeyboardInterrupt would hit
-                    where = (f"checkpoint at step {checkpointer.latest_step()}"
-                             if checkpointer is not None else
-                             f"at step {done}, no checkpoint (checkpoint.every is 0)")
-                    print(f"interrupted, {where}", file=sys.stderr, flush=True)
-                raise SystemExit(130 if sigterm.signum == signal.SIGINT else 143)
-        flush()
-        check_finite(bad)
-    if bar is not None:
-        bar.close()
-    if checkpointer is not None and int(state.step) > start:
-        save(int(state.step), force=True)
-        checkpointer.wait()
-    return state
+    return fit_loop(trainer, state, batch_fn, num_steps, rng=jax.random.key(seed),
+                    checkpointer=checkpointer, save_every=save_every, log_every=log_every,
+                    metrics_writers=[metrics_writer], progress=progress,
+                    stop_check_every=stop_check_every, stage=stage)
 
 
 # One jitted program per (function, mesh): repeated evaluation never re-traces.

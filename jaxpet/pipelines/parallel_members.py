@@ -62,8 +62,8 @@ def member_loss(config: Config, lm: Any) -> Any:
 
         return make_member_t5_pet_loss(lm.module.apply, **t5_special_ids(lm),
                                        dropout=lm.config.dropout_rate > 0.0)
-    from jaxpet.engine.ensemble_training import make_member_pet_loss
     from jaxpet.pipelines.pet import pet_loss_kwargs
+    from jaxpet.scoring.cloze_step import make_member_pet_loss
 
     return make_member_pet_loss(lm.module.apply, **pet_loss_kwargs(config, lm))
 

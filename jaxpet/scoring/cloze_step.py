@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxpet import losses
 from jaxpet.data.masking import mask_tokens_positions
+from jaxpet.engine.ensemble_training import constants_from_batch
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -145,6 +146,14 @@ def make_pet_loss(
         return losses.pet_loss(cloze, mlm, alpha), {"cloze": cloze, "mlm": mlm}
 
     return loss_fn
+
+
+def make_member_pet_loss(apply_fn: Callable, **pet_kwargs: Any) -> LossFn:
+    """make_pet_loss reading the verbalizer ids [L, W] from the batch key "verbalizer_ids"
+    ([M, L, W] for the ensemble, jaxpet.engine.ensemble_training); pet_kwargs as make_pet_loss
+    takes them."""
+    return constants_from_batch(lambda v_LxW: make_pet_loss(apply_fn, v_LxW, **pet_kwargs),
+                                ("verbalizer_ids",))
 
 
 def make_classifier_loss(
