@@ -45,8 +45,18 @@ def _apply(params, input_ids, attention_mask, positions, token_type_ids=None, xp
     return 3.0 * xp.tanh(at_pos + 2.0 * context[:, None, :]) @ params["embed"].T
 
 
+_apply_jit = jax.jit(_apply, static_argnames="xp")
+
+
+def apply_fn(params, input_ids, attention_mask, positions, token_type_ids=None):
+    # The stand-in model is not under test: one compiled program per shape instead of its
+    # ~30 primitives each dispatched (and compiled) on its own under disable_jit.
+    with jax.disable_jit(False):
+        return _apply_jit(params, input_ids, attention_mask, positions, token_type_ids)
+
+
 def logits_fn(input_ids, attention_mask, positions, token_type_ids=None):
-    return _apply(PARAMS, input_ids, attention_mask, positions, token_type_ids)
+    return apply_fn(PARAMS, input_ids, attention_mask, positions, token_type_ids)
 
 
 def _np_log_probs(row, attn, pos, types):
@@ -186,16 +196,16 @@ def test_row_blocks_compact_within_blocks():
 
 def test_make_decoder_traces_params():
     batch = _batch(MIXED, shuffle_slots=True, seed=8)
-    decode = make_multi_mask_decoder(_apply, strategy="ltr", row_blocks=2)
+    decode = make_multi_mask_decoder(apply_fn, strategy="ltr", row_blocks=2)
     ids, attn, pos, tgt, types = batch
     cand = np.ones((NUM_EX, NUM_CAND), bool)
     cand[0, 0] = False
     got = np.asarray(decode(PARAMS, ids, attn, pos, tgt, cand, types))
     _check(got, _reference(ids, attn, pos, tgt, "ltr", types, cand))
     with pytest.raises(ValueError, match="row_blocks=3 must be >= 1 and divide"):
-        make_multi_mask_decoder(_apply, row_blocks=3)(PARAMS, ids, attn, pos, tgt)
+        make_multi_mask_decoder(apply_fn, row_blocks=3)(PARAMS, ids, attn, pos, tgt)
     with pytest.raises(ValueError, match="unknown decoding strategy 'best'"):
-        make_multi_mask_decoder(_apply, strategy="best")
+        make_multi_mask_decoder(apply_fn, strategy="best")
 
 
 def test_inputs_are_checked():
