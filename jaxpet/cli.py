@@ -58,25 +58,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
-def requested_method(path: str | None, overrides: Sequence[str]) -> str | None:
-    """The `method` a config file and its overrides ask for (text2text has its own schema)."""
-    method = None
-    if path and os.path.isfile(path):
-        import yaml
-
-        try:
-            with open(path, encoding="utf-8") as f:
-                loaded = yaml.safe_load(f)
-        except (yaml.YAMLError, UnicodeDecodeError):
-            loaded = None  # the config loader reports it, naming the file and line
-        if isinstance(loaded, dict):
-            method = loaded.get("method")
-    for item in overrides:
-        if item.startswith("method="):
-            method = item.split("=", 1)[1]
-    return method
-
-
 def user_error_status(error: BaseException) -> int:
     """Prints an error the user can fix in one line and returns EXIT_USER_ERROR; with
     JAXPET_TRACEBACK=1 it re-raises instead, traceback and all."""
@@ -109,19 +90,17 @@ def train_main(argv: Sequence[str], prog: str = "train.py") -> int:
     if not os.environ.get("JAXPET_TRACEBACK"):
         warnings.showwarning = _show_warning
     try:
-        if requested_method(args.config, args.overrides) == "text2text":
-            from jaxpet.text2text.config import load_text2text_config
-            from jaxpet.text2text.run import run as run_text2text
-
-            run_text2text(load_text2text_config(args.config, list(args.overrides)),
-                          overwrite=args.overwrite)
-            return 0
         from jaxpet.config import load_config
 
         config = load_config(args.config, args.overrides)
         from jaxpet.engine.sharding import maybe_initialize_distributed
 
         maybe_initialize_distributed(config.distributed)
+        if config.method == "text2text":
+            from jaxpet.text2text.run import run as run_text2text
+
+            run_text2text(config, overwrite=args.overwrite)
+            return 0
         from jaxpet.pipelines.pet import run
 
         run(config, overwrite=args.overwrite)
@@ -201,14 +180,6 @@ def config_main(argv: Sequence[str]) -> int:
         sys.stdout.write(config_docs.keys_markdown() if args.markdown else config_docs.keys_text())
         return 0
     try:
-        if requested_method(args.config, args.overrides) == "text2text":
-            from omegaconf import OmegaConf
-
-            from jaxpet.text2text.config import load_text2text_config
-
-            config = load_text2text_config(args.config, list(args.overrides))
-            sys.stdout.write(OmegaConf.to_yaml(OmegaConf.structured(config)))
-            return 0
         from jaxpet.config import load_config, to_yaml
 
         sys.stdout.write(to_yaml(load_config(args.config, list(args.overrides))))

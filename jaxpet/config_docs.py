@@ -14,8 +14,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from jaxpet.config import Config
-from jaxpet.text2text.config import Text2TextConfig
+from jaxpet.config import PET_SECTIONS, TEXT2TEXT_SECTIONS, Config, Text2TextConfig
 
 # What `make docs` writes; tests/test_config_docs.py fails when the file differs from it.
 DOCS_PATH = "docs/config.md"
@@ -135,7 +134,7 @@ def text2text_key_docs() -> list[KeyDoc]:
 
 def keys_text() -> str:
     """`jaxpet config keys`: one key a line, aligned: key, type, default, meaning."""
-    rows = [(d.key, d.type, d.default, d.help) for d in key_docs() + text2text_key_docs()]
+    rows = [(d.key, d.type, d.default, d.help) for d in key_docs()]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     out = []
     for row in rows:
@@ -160,17 +159,23 @@ def keys_markdown() -> str:
     sections: dict[str, list[KeyDoc]] = {}
     for doc in key_docs():
         section = doc.key.split(".")[0] if "." in doc.key else "(top level)"
-        sections.setdefault(section, []).append(doc)
+        if section != "text2text":  # its own part below
+            sections.setdefault(section, []).append(doc)
     lines = [
         "# Configuration reference",
         "",
-        "Generated from the config dataclasses (jaxpet/config.py, jaxpet/text2text/config.py) by",
+        "Generated from the config dataclasses (jaxpet/config/schema.py) by",
         "`jaxpet config keys --markdown > docs/config.md`; do not edit by hand.",
         "",
         "A run reads `python train.py --config FILE.yaml [key=value ...]`: the defaults below,",
         "then the YAML file, then each dotted `key=value` override (e.g. `pet.max_steps=100`).",
         "An unknown key or a value of the wrong type is an error naming the key.",
         "`jaxpet config show FILE.yaml [key=value ...]` prints the resolved config.",
+        "",
+        "One schema serves every method; `method` chooses the sections a config may set. The",
+        f"PET-family methods read {', '.join(f'`{k}`' for k in PET_SECTIONS)};",
+        f"text2text reads {', '.join(f'`{k}`' for k in TEXT2TEXT_SECTIONS)}. A key in a section",
+        "the method does not read is an error, not silently ignored.",
         "",
     ]
     for section, docs in sections.items():
@@ -181,9 +186,9 @@ def keys_markdown() -> str:
         lines += _table(docs) + [""]
     lines += ["## text2text (method: text2text)", "",
               " ".join(Text2TextConfig.__doc__.split()),
-              "A text2text config also reads `method`, `output_dir`, `seed`, "
-              "`compilation_cache` and the `model`, `mesh`, `checkpoint`, `eval` and `logging` "
-              "sections above; the PET sections (`task`, `pet`, ...) do not apply.", ""]
+              "A text2text config also reads the shared keys and sections above (`method`, "
+              "`output_dir`, `seed`, `compilation_cache`, `model`, `mesh`, `checkpoint`, `eval`, "
+              "`logging`, `distributed`); the PET sections (`task`, `pet`, ...) do not apply.", ""]
     lines += _table(text2text_key_docs()) + [""]
     return "\n".join(lines)
 

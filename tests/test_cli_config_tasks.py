@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from test_train_cli import build_workspace
 
-from jaxpet.cli import requested_method, train_main
-from jaxpet.config import ConfigError, load_config
+from jaxpet.cli import train_main
+from jaxpet.config import ConfigError, load_config, to_yaml
 
 WORDS = {"1": "world", "2": "sports", "3": "business", "4": "tech"}
 
@@ -53,12 +53,23 @@ def test_a_partial_task_definition_names_the_missing_keys(tmp_path):
         load_config(config)
 
 
-def test_requested_method_reads_the_file_and_the_overrides(tmp_path):
-    config = tmp_path / "t2t.yaml"
-    config.write_text("method: text2text\noutput_dir: x\n")
-    assert requested_method(str(config), []) == "text2text"
-    assert requested_method(str(config), ["method=pet"]) == "pet"
-    assert requested_method("configs/demo.yaml", []) == "pet"
+def test_the_method_chooses_the_sections_a_config_may_set(tmp_path):
+    t2t = tmp_path / "t2t.yaml"
+    t2t.write_text("method: text2text\noutput_dir: x\nmodel: {name: m}\n"
+                   "text2text: {train_file: t.jsonl, template_inputs: 'q: {q}', "
+                   "template_targets: '{a}'}\n")
+    config = load_config(t2t)
+    assert config.method == "text2text" and config.text2text.train_file == "t.jsonl"
+    # a PET-only section would be ignored by a text2text run: named, not skipped silently
+    with pytest.raises(ConfigError, match=r"override 'pet\.learning_rate=0\.1': config key "
+                       r"'pet' is not read by method 'text2text'"):
+        load_config(t2t, ["pet.learning_rate=0.1"])
+    # an override of the method makes the file's text2text section the unread one
+    with pytest.raises(ConfigError, match=rf"{t2t}: config key 'text2text' is not read by "
+                       r"method 'pet'"):
+        load_config(t2t, ["method=pet"])
+    pet = load_config("configs/demo.yaml", ["output_dir=x"])
+    assert pet.method == "pet" and "text2text" not in to_yaml(pet)
 
 
 def test_a_model_that_cannot_fit_fails_before_compiling(tmp_path, monkeypatch, capsys):

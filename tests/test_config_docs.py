@@ -9,9 +9,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from jaxpet.cli import main
-from jaxpet.config import Config, load_config
+from jaxpet.config import Config, Text2TextConfig, load_config
 from jaxpet.config_docs import key_docs, keys_markdown, text2text_key_docs
-from jaxpet.text2text.config import Text2TextConfig, load_text2text_config
+from jaxpet.text2text.config import load_text2text_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo.yaml"
@@ -54,7 +54,7 @@ def test_keys_are_every_schema_key_with_its_default_and_a_meaning(docs, schema):
 
 def test_types_and_meanings_come_from_the_dataclass_source():
     docs = {doc.key: doc for doc in key_docs() + text2text_key_docs()}
-    # hand-read from jaxpet/config.py and jaxpet/text2text/config.py
+    # hand-read from jaxpet/config/schema.py
     assert (docs["pet.alpha"].type, docs["pet.alpha"].default) == ("float", "0.0001")
     assert "auxiliary MLM loss" in docs["pet.alpha"].help
     assert docs["pet.pattern_ids"].type == "list[int]"

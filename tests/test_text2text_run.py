@@ -16,11 +16,11 @@ import torch
 from safetensors.numpy import load_file
 from tiny_t5 import make_t5_tokenizer, make_tiny_t5
 
-from jaxpet.config import Config, ConfigError
+from jaxpet.config import Config, ConfigError, Text2TextConfig
 from jaxpet.engine.training import FAST_CPU_COMPILE
 from jaxpet.models import load_pretrained
 from jaxpet.runs.fingerprint import write_fingerprint
-from jaxpet.text2text.config import Text2TextConfig, load_text2text_config
+from jaxpet.text2text.config import load_text2text_config
 from jaxpet.text2text.run import (
     compute_metric,
     encode_pairs,

@@ -220,7 +220,7 @@ def test_label_outside_task_is_reported_with_file_and_line(workspace, tmp_path, 
 
 
 def _paper_configs() -> list[Path]:
-    # t5_*.yaml are text-to-text configs with their own schema (jaxpet.text2text.config)
+    # t5_*.yaml are text-to-text configs (method text2text reads its own sections)
     return sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("t5_"))
 
 

@@ -112,13 +112,20 @@ def model_identity(name: str, key: str = "model.name") -> dict[str, str]:
     return {}
 
 
-def run_fingerprint(config: Config) -> dict[str, Any]:
-    """The flat fingerprint of a run: config values (minus EXCLUDED), data and model files."""
+def config_values(config: Config) -> dict[str, Any]:
+    """The flat config values a run's results depend on: the sections its method reads, minus
+    EXCLUDED, plus jaxpet's version."""
     import jaxpet
 
     values = {k: v for k, v in _flatten(to_dict(config)).items() if not _excluded(k)}
     values = json.loads(json.dumps(values, default=str))  # tuples -> lists, as stored
     values["jaxpet_version"] = jaxpet.__version__
+    return values
+
+
+def run_fingerprint(config: Config) -> dict[str, Any]:
+    """The flat fingerprint of a run: config values (minus EXCLUDED), data and model files."""
+    values = config_values(config)
     if config.task.data_dir or config.task.hf_dataset is None:
         values.update(folder_identity(config.task.data_dir, "task.data_dir:files"))
     if config.task.hf_dataset is not None:  # a save_to_disk folder: its files (a hub name: as is)

@@ -23,8 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from omegaconf import OmegaConf
 
+from jaxpet.config import DEFAULT_METRIC, Config, Text2TextConfig, to_yaml
 from jaxpet.decoding.seq2seq import generate, shift_right, strip_after_eos
 from jaxpet.losses import seq2seq_loss
 from jaxpet.runs import outputs
@@ -32,12 +32,7 @@ from jaxpet.scoring.seq2seq import make_t5_label_scores_fn, pad_targets
 from jaxpet.text2text import metrics as t2t_metrics
 from jaxpet.text2text import readers as t2t_readers
 from jaxpet.text2text import tasks as t2t_tasks
-from jaxpet.text2text.config import (
-    DEFAULT_METRIC,
-    Text2TextConfig,
-    Text2TextRunConfig,
-    load_text2text_config,
-)
+from jaxpet.text2text.config import load_text2text_config
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "target_ids", "target_mask")
 STSB_LABELS = tuple(f"{i / 5:.1f}" for i in range(26))
@@ -252,7 +247,7 @@ def rank_scores(lm: Any, params: Any, arrays: Mapping[str, np.ndarray], labels: 
     return predict(fn, params, inputs, batch_size, mesh)
 
 
-def _train(config: Text2TextRunConfig, lm: Any, arrays: dict[str, np.ndarray], mesh: Any,
+def _train(config: Config, lm: Any, arrays: dict[str, np.ndarray], mesh: Any,
            out: Path, compiler_options: dict[str, Any] | None = None
            ) -> tuple[Any, int, float]:
     from jaxpet.data.batching import Batcher
@@ -304,7 +299,7 @@ def read_eval_split(section: Text2TextConfig
     return records, render(section, records, section.eval_file)
 
 
-def evaluate(config: Text2TextRunConfig, lm: Any, params: Any, mesh: Any, out: Path,
+def evaluate(config: Config, lm: Any, params: Any, mesh: Any, out: Path,
              split: tuple[list[dict[str, Any]], list[t2t_tasks.TextPair]] | None = None
              ) -> dict[str, Any]:
     """Decodes the evaluation file (or `split`, from read_eval_split), scores it and writes
@@ -357,7 +352,7 @@ def save_model(lm: Any, params: Any, folder: Path) -> None:
         lm.tokenizer.save_pretrained(str(folder))
 
 
-def load_model(config: Text2TextRunConfig) -> Any:
+def load_model(config: Config) -> Any:
     from jaxpet.models import load_pretrained
 
     lm = load_pretrained(config.model.name, head="seq2seq", dtype=jnp.dtype(config.model.dtype),
@@ -369,17 +364,12 @@ def load_model(config: Text2TextRunConfig) -> Any:
     return with_model_options(config, lm)
 
 
-def run_fingerprint(config: Text2TextRunConfig) -> dict[str, Any]:
+def run_fingerprint(config: Config) -> dict[str, Any]:
     """What determines a text2text run's results (see jaxpet.runs.fingerprint): its config values
     but the EXCLUDED ones, its data files, its model checkpoint's files and jaxpet's version."""
-    import dataclasses
-
-    import jaxpet
     from jaxpet.runs import fingerprint
-    values = {k: v for k, v in fingerprint._flatten(dataclasses.asdict(config)).items()
-              if not fingerprint._excluded(k)}
-    values = json.loads(json.dumps(values, default=str))  # tuples -> lists, as stored
-    values["jaxpet_version"] = jaxpet.__version__
+
+    values = fingerprint.config_values(config)
     section = config.text2text
     if section.reader == "hf_dataset":  # a save_to_disk folder: its files (a hub name: as is)
         from jaxpet.data.hf_dataset import local_folder
@@ -396,7 +386,7 @@ def run_fingerprint(config: Text2TextRunConfig) -> dict[str, Any]:
     return values
 
 
-def start_folder(config: Text2TextRunConfig, out: Path, overwrite: bool) -> None:
+def start_folder(config: Config, out: Path, overwrite: bool) -> None:
     """As jaxpet.pipelines.pet.start_folder: stops before any work when `out` holds results of a run
     with another fingerprint (`overwrite` deletes them instead), then stores the config and
     its fingerprint."""
@@ -405,7 +395,7 @@ def start_folder(config: Text2TextRunConfig, out: Path, overwrite: bool) -> None
     fingerprint.claim_folder(out, current, overwrite, jax.process_index() == 0)
     if jax.process_index() == 0:
         fingerprint.write_fingerprint(out, current)
-        outputs.write_text(out / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(config)))
+        outputs.write_text(out / "config.yaml", to_yaml(config))
 
 
 def run(config: Any, output_dir: str | os.PathLike | None = None, *,
@@ -413,8 +403,8 @@ def run(config: Any, output_dir: str | os.PathLike | None = None, *,
         ) -> dict[str, Any]:
     """Trains and evaluates one text-to-text model; writes and returns results.json's content.
 
-    config: a `Text2TextRunConfig`, the full experiment `Config` (its `text2text` section and
-    model/mesh/checkpoint/eval/logging), a mapping, or a YAML path (see load_text2text_config).
+    config: a `Config` with method text2text, a mapping, or a YAML path (see
+    load_text2text_config).
     output_dir overrides config.output_dir. A rerun in the same folder resumes training from
     the latest checkpoint (checkpoint.every > 0) and ends with the same parameters. As PET
     runs do, the run locks its folder (jaxpet.runs.lock) and refuses a folder that holds the
@@ -437,7 +427,7 @@ def run(config: Any, output_dir: str | os.PathLike | None = None, *,
         return _run_in_folder(config, out, start, compiler_options)
 
 
-def _run_in_folder(config: Text2TextRunConfig, out: Path, start: float,
+def _run_in_folder(config: Config, out: Path, start: float,
                    compiler_options: dict[str, Any] | None) -> dict[str, Any]:
     """run() once the output folder is locked and its fingerprint checked."""
     from jaxpet.pipelines.pet import build_mesh, check_batch_sizes, enable_compilation_cache
