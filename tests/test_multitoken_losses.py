@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpet import multitoken_losses as mtl
+from jaxpet import losses as mtl
 
 RNG = np.random.default_rng(0)
 B, K, V, PAD = 4, 3, 17, 0

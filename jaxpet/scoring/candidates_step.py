@@ -18,7 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxpet import multitoken_losses as mt_losses
+from jaxpet import losses
 from jaxpet.decoding.multi_mask import make_multi_mask_decoder
 from jaxpet.decoding.wsc_match import generate_tokens
 from jaxpet.scoring.cloze_step import LossFn, forward
@@ -51,16 +51,16 @@ def multitoken_loss(variant: str, logits_BxKxV: Array, batch: Batch, *, pad_toke
                     margin: float = 1.0) -> Array:
     """The training loss `variant` of logits at the mask slots (see module docstring)."""
     if variant == "hinge":
-        return mt_losses.multi_mask_hinge_loss(logits_BxKxV, batch["target_ids"],
+        return losses.multi_mask_hinge_loss(logits_BxKxV, batch["target_ids"],
                                                batch["labels"], margin, batch["candidate_mask"])
     if variant == "copa":
-        return mt_losses.copa_loss(logits_BxKxV, batch["target_ids"], batch["labels"], margin)
+        return losses.copa_loss(logits_BxKxV, batch["target_ids"], batch["labels"], margin)
     if variant == "record":
         # the answer is candidate `labels` (0 for every ReCoRD training example, as in PET)
-        return mt_losses.token_mean_hinge_loss(logits_BxKxV, batch["target_ids"],
+        return losses.token_mean_hinge_loss(logits_BxKxV, batch["target_ids"],
                                                batch["labels"], margin)
     if variant == "wsc":
-        return mt_losses.wsc_loss(logits_BxKxV, batch["target_ids"], batch["mask_positions"],
+        return losses.wsc_loss(logits_BxKxV, batch["target_ids"], batch["mask_positions"],
                                   pad_token_id)
     raise ValueError(f"unknown multi-token loss {variant!r}; expected one of {LOSS_VARIANTS}")
 
