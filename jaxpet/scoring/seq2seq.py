@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxpet.decoding.seq2seq import shift_right
 from jaxpet.losses import cloze_loss
+from jaxpet.scoring.cloze import LabelWordScorer
 
 SENTINEL = "<extra_id_0>"
 _SENTINEL_TOKENIZERS: dict[int, tuple[Any, Any]] = {}
@@ -245,3 +246,38 @@ def check_t5_pet_options(config: Any) -> None:
         raise ConfigError(
             "mlm_pretrain trains a masked-LM head, which T5 does not have; set "
             "mlm_pretrain.enabled: false for a T5 backbone")
+
+
+class Seq2SeqScorer(LabelWordScorer):
+    """T5 as a PET backbone: a label's score is the log-likelihood of `<extra_id_0> word`."""
+
+    kind = "seq2seq"
+    supports_mlm = False
+    supports_priming = False
+
+    def __init__(self, pvp: Any, lm: Any, config: Any) -> None:
+        check_t5_pattern(pvp)
+        super().__init__(pvp, lm, config)
+        self.label_targets = t5_label_targets(pvp, lm.tokenizer)
+        self.constants = dict(zip(T5_CONSTANT_KEYS, self.label_targets, strict=True))
+        self.constant_pad = {"label_target_ids": lm.config.pad_token_id, "label_target_mask": 0}
+        # the decoder scores all L x W targets of T tokens of an example
+        self.decoder_positions = int(np.prod(self.label_targets[0].shape))
+        self.special_ids = dict(start_id=lm.config.decoder_start_token_id,
+                                pad_id=lm.config.pad_token_id)
+
+    def encode_rows(self, examples: Sequence[Any]) -> dict[str, np.ndarray]:
+        return t5_pet_encode(self.pvp, examples, self.lm.tokenizer,
+                             self.config.pet.max_seq_length)
+
+    def loss_fn(self) -> Callable:
+        return make_t5_pet_loss(self.lm.module.apply, *self.label_targets, **self.special_ids,
+                                dropout=self.lm.config.dropout_rate > 0.0)
+
+    def member_loss_fn(self) -> Callable:
+        return make_member_t5_pet_loss(self.lm.module.apply, **self.special_ids,
+                                       dropout=self.lm.config.dropout_rate > 0.0)
+
+    def build_scores_fn(self) -> Callable:
+        return make_t5_label_scores_fn(self.lm.module.apply, *self.label_targets,
+                                       **self.special_ids)
