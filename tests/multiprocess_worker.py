@@ -189,6 +189,39 @@ def setup(mesh, num_steps: int = 6, labeled_bs: int = 8, unlabeled_bs: int = 8, 
     return trainer, trainer.init(params), batcher
 
 
+# Two members of a parallel-members run: each its own verbalizer, data order and rng seed.
+MEMBER_SEEDS = (7, 8)
+MEMBER_VERBALIZERS = (VERBALIZER_LxW, np.array([[20, 21], [22, -1]], np.int32))
+
+
+def setup_members(mesh, num_steps: int = 6, batch_size: int = 8):
+    """(trainer, state, stacked batch_fn) of the tiny PET members trained as one ensemble
+    (pet.parallel_members' engine path), global full-length batches (no padding between
+    members)."""
+    from jaxpet.data.batching import Batcher
+    from jaxpet.engine.ensemble_training import EnsembleTrainer, aligned_batch_fn
+    from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer
+    from jaxpet.engine.training import FAST_CPU_COMPILE
+    from jaxpet.scoring.cloze_step import make_member_pet_loss
+
+    module, params = tiny_model()
+    labeled, unlabeled = tiny_data()
+    unlabeled = {k: v for k, v in unlabeled.items() if k not in ("labels", "mask_positions")}
+    loss_fn = make_member_pet_loss(module.apply, alpha=0.1, mask_token_id=MASK,
+                                   vocab_size=VOCAB, max_mlm_targets=4, pad_id=PAD,
+                                   special_token_ids=(CLS, SEP))
+    optimizer = make_optimizer(learning_rate=1e-3, num_steps=num_steps, warmup_steps=1)
+    trainer = EnsembleTrainer(loss_fn, optimizer, mesh, len(MEMBER_SEEDS),
+                              learning_rate_fn=make_learning_rate_fn(1e-3, num_steps, 1),
+                              compiler_options=FAST_CPU_COMPILE)
+    batchers = [Batcher(groups={"": (labeled, batch_size, seed),
+                                "unlabeled_": (unlabeled, batch_size, seed + 1)})
+                for seed in MEMBER_SEEDS]
+    batch_fn = aligned_batch_fn([b.global_batch for b in batchers],
+                                [{"verbalizer_ids": v} for v in MEMBER_VERBALIZERS], PAD)
+    return trainer, trainer.init([params] * len(MEMBER_SEEDS)), batch_fn
+
+
 def flat_params(params) -> dict[str, np.ndarray]:
     import jax
     from jax.experimental import multihost_utils
@@ -230,6 +263,47 @@ def _time_vote(mesh, state, trainer, batcher, repeats: int = 50) -> dict[str, fl
     return {"vote_s": per_vote, "step_s": (time.perf_counter() - start) / (repeats // 5)}
 
 
+def _train_members(args) -> None:
+    """--members: the parallel-members run (fit_ensemble) on a member x data mesh; writes
+    losses-{process}.json ({step: [loss of each member]}) and, once finished, params.npz."""
+    import jax
+
+    from jaxpet.engine.checkpoint import Checkpointer
+    from jaxpet.engine.ensemble_training import fit_ensemble
+    from jaxpet.engine.sharding import make_mesh
+
+    mesh = make_mesh(member=args.members, data=-1, fsdp=args.fsdp)
+    trainer, state, stacked = setup_members(mesh, num_steps=args.steps)
+    losses: dict[int, list[float | None]] = {}
+    pid = jax.process_index()
+
+    def batch_fn(step: int) -> dict:
+        if args.progress_file and pid == 0:
+            with open(args.progress_file, "w") as f:
+                f.write(str(step))
+        if args.sleep:
+            time.sleep(args.sleep)
+        return stacked(step)
+
+    def writer(m: int):
+        def write(step: int, metrics: dict) -> None:
+            losses.setdefault(step, [None] * args.members)[m] = metrics["loss"]
+        return write
+
+    ckpt = Checkpointer(args.ckpt, save_every=args.save_every) if args.ckpt else None
+    try:
+        state = fit_ensemble(trainer, state, batch_fn, args.stop_after or args.steps,
+                             seeds=MEMBER_SEEDS, checkpointer=ckpt, log_every=1, progress=False,
+                             metrics_writers=[writer(m) for m in range(args.members)])
+    finally:  # also on the SystemExit(143) of a coordinated stop: say where this process was
+        _write_json(os.path.join(args.out, f"losses-{pid}.json"), losses)
+    if ckpt is not None:
+        ckpt.close()
+    params = flat_params(state.params)
+    if pid == 0:
+        np.savez(os.path.join(args.out, "params.npz"), **params)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
@@ -245,6 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--predict", type=int, default=0,
                         help="after training, predict label scores of this many examples")
     parser.add_argument("--time-vote", action="store_true")
+    parser.add_argument("--members", type=int, default=0,
+                        help="train this many members together (fit_ensemble) instead")
     parser.add_argument("--coordinator", default=None)
     parser.add_argument("--num-processes", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
@@ -260,6 +336,9 @@ def main(argv: list[str] | None = None) -> None:
                                       "process_id": args.process_id})
     else:  # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID, when set
         maybe_initialize_distributed()
+    if args.members:
+        _train_members(args)
+        return
     from jaxpet.engine.checkpoint import Checkpointer
     from jaxpet.engine.sharding import make_mesh
     from jaxpet.engine.training import fit, predict

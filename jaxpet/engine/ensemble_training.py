@@ -114,7 +114,8 @@ class EnsembleTrainer:
     compiler_options mean what they mean for jaxpet.engine.training.Trainer; the vmapped step
     compiles
     with the member Trainer's compiler_options, so that it computes what the member's own step
-    computes (other XLA options round differently). Metrics come back as [M] arrays.
+    computes (other XLA options round differently). Metrics come back as [M] arrays, on every
+    device (so every process of a multi-host run reads them all).
     """
 
     def __init__(self, loss_fn: LossFn, optimizer: optax.GradientTransformation, mesh: Mesh,
@@ -130,7 +131,7 @@ class EnsembleTrainer:
                               learning_rate_fn, compiler_options=compiler_options)
         self.mesh, self.num_members = mesh, num_members
         self.constant_keys = tuple(constant_keys)
-        self.member_sharding = NamedSharding(mesh, P(MEMBER_AXIS))  # [M] metrics and keys
+        self.member_sharding = NamedSharding(mesh, P(MEMBER_AXIS))  # [M] keys
         self.state_sharding: TrainState | None = None
         self._steps: dict[tuple[str, ...], Callable] = {}
         self._unstack: Callable | None = None
@@ -191,9 +192,10 @@ class EnsembleTrainer:
         if names not in self._steps:
             member, batch_shardings = self.member_sharding, {k: self.batch_sharding(k)
                                                              for k in names}
+            # [M] metrics replicated, as Trainer's: every process reads every member's
             self._steps[names] = jax.jit(
                 self._step, in_shardings=(self.state_sharding, batch_shardings, member),
-                out_shardings=(self.state_sharding, member), donate_argnums=0,
+                out_shardings=(self.state_sharding, replicated(self.mesh)), donate_argnums=0,
                 compiler_options=self.member.compiler_options)
         return self._steps[names](state, dict(batch), rng_M)
 
@@ -275,7 +277,8 @@ def fit_ensemble(
         batch_fns = aligned_batch_fn(batch_fns, constants, pad_id, trainer.constant_keys)
     if len(seeds) != m_count:
         raise ValueError(f"fit_ensemble: {len(seeds)} seeds for {m_count} members")
-    rng_M = jax.device_put(member_keys(seeds), trainer.member_sharding)
+    # made inside a program: a key array cannot be device_put onto other processes' devices
+    rng_M = jax.jit(lambda: member_keys(seeds), out_shardings=trainer.member_sharding)()
     return fit_loop(trainer, state, batch_fns, num_steps, rng=rng_M, checkpointer=checkpointer,
                     save_every=save_every, log_every=log_every,
                     metrics_writers=list(metrics_writers or []), progress=progress,
