@@ -291,7 +291,7 @@ def test_text2text_reads_dataset_splits_as_its_jsonl_files(tmp_path):
         *common, "text2text.reader=hf_dataset", "text2text.train_file=train",
         "text2text.eval_file=dev", f"text2text.reader_options.path={tmp_path / 'sentiment_hf'}"],
         output_dir=str(tmp_path / "out-hf"))
-    from jaxpet.text2text.run import read_records
+    from jaxpet.text2text.data import read_records
 
     assert read_records(hf.text2text, "train") == read_records(files.text2text,
                                                                "sentiment_train.jsonl")

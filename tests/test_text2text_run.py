@@ -21,16 +21,9 @@ from jaxpet.engine.training import FAST_CPU_COMPILE
 from jaxpet.models import load_pretrained
 from jaxpet.runs.fingerprint import write_fingerprint
 from jaxpet.text2text.config import load_text2text_config
-from jaxpet.text2text.run import (
-    compute_metric,
-    encode_pairs,
-    make_seq2seq_loss,
-    metric_name,
-    read_records,
-    render,
-    run,
-    run_fingerprint,
-)
+from jaxpet.text2text.data import encode_pairs, read_records, render
+from jaxpet.text2text.evaluate import compute_metric, metric_name
+from jaxpet.text2text.run import make_seq2seq_loss, run, run_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CONFIG = ROOT / "configs" / "t5_tiny_offline.yaml"

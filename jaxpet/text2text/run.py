@@ -1,12 +1,12 @@
 """The `method: text2text` run: T5 fine-tuning with task prefixes on local files, then decoding.
 
 `run(config, output_dir=None)` reads the training (and evaluation) file with a
-jaxpet.text2text.readers
-reader, renders (inputs, targets) strings with a jaxpet.text2text.tasks format or a config template,
-tokenizes them to static lengths, trains with the engine (teacher forcing, padded target tokens
-masked, optional label smoothing and z-loss; resumable from orbax checkpoints), generates the
-evaluation outputs with jitted greedy or beam search and scores them with the task's metric
-(optionally also rank classification over the label strings). The output folder holds
+jaxpet.text2text.readers reader, renders (inputs, targets) strings with a jaxpet.text2text.tasks
+format or a config template and tokenizes them to static lengths (jaxpet.text2text.data),
+trains with the engine (teacher forcing, padded target tokens masked, optional label smoothing
+and z-loss; resumable from orbax checkpoints), generates the evaluation outputs with jitted
+greedy or beam search and scores them with the task's metric (optionally also rank
+classification over the label strings; jaxpet.text2text.evaluate). The output folder holds
 config.yaml, metrics.jsonl, predictions.jsonl, results.json, checkpoints/ and model/ (HF layout).
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,127 +23,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet.config import DEFAULT_METRIC, Config, Text2TextConfig, to_yaml
-from jaxpet.decoding.seq2seq import generate, shift_right, strip_after_eos
+from jaxpet.config import Config, to_yaml
+from jaxpet.decoding.seq2seq import shift_right
 from jaxpet.losses import seq2seq_loss
 from jaxpet.runs import outputs
-from jaxpet.scoring.seq2seq import make_t5_label_scores_fn, pad_targets
-from jaxpet.text2text import metrics as t2t_metrics
-from jaxpet.text2text import readers as t2t_readers
-from jaxpet.text2text import tasks as t2t_tasks
 from jaxpet.text2text.config import load_text2text_config
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "target_ids", "target_mask")
-STSB_LABELS = tuple(f"{i / 5:.1f}" for i in range(26))
-
-
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """One JSON object per line (blank lines skipped), each with an "id" (default: its line
-    number); errors name the file and line."""
-    records = []
-    for line_no, record in t2t_readers.jsonl_records(path):
-        record.setdefault("id", str(line_no))
-        records.append(record)
-    return records
-
-
-def data_path(section: Text2TextConfig, file_name: str) -> str:
-    return os.path.join(section.data_dir, file_name) if section.data_dir else file_name
-
-
-def check_data_files(section: Text2TextConfig) -> None:
-    """Fails before the model loads (or hours of training pass) when a data file is missing;
-    the message names the config keys to change."""
-    for key in ("train_file", "eval_file"):
-        file_name = getattr(section, key)
-        if not file_name or section.reader == "hf_dataset":  # split names, read at load time
-            continue
-        path = data_path(section, file_name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{path}: no such data file (config keys text2text.{key}={file_name!r}, "
-                f"text2text.data_dir={section.data_dir!r}; the config's header comment says "
-                "where the data come from)")
-
-
-def read_records(section: Text2TextConfig, file_name: str, limit: int = -1
-                 ) -> list[dict[str, Any]]:
-    """The records of one split through the configured reader (first `limit`; -1 = all)."""
-    path = data_path(section, file_name)
-    options = dict(section.reader_options)
-    if section.reader == "translation":
-        records = t2t_readers.read_translation(path, **options)
-    elif section.reader == "cnn_dailymail":
-        records = t2t_readers.read_cnn_dailymail(path)
-    elif section.reader == "glue_tsv":
-        records = t2t_readers.read_glue_tsv(path, options["task"])
-    elif section.reader == "squad":
-        records = t2t_readers.read_squad(path)
-    elif section.reader == "hf_dataset":  # file_name is the dataset's split
-        records = t2t_readers.read_hf_dataset(options["path"], file_name, options.get("name"))
-    else:
-        records = read_jsonl(path)
-    if not records:
-        raise t2t_readers.DataFileError(f"{path}: no records")
-    return records if limit < 0 else records[:limit]
-
-
-def format_config(section: Text2TextConfig) -> dict[str, Any]:
-    """The jaxpet.text2text.tasks.format_records config of a section."""
-    config = {"format": section.format, **dict(section.format_options)}
-    if section.format == "template":
-        config.update(inputs=section.template_inputs, targets=section.template_targets)
-    return config
-
-
-def render(section: Text2TextConfig, records: Sequence[Mapping[str, Any]], where: str = ""
-           ) -> list[t2t_tasks.TextPair]:
-    """(inputs, targets) pairs; errors about a record name `where` (the file) and its id."""
-    return t2t_tasks.format_records(records, format_config(section), where)
-
-
-def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int
-             ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(ids [N, max_length], mask, number of texts cut); every row ends with EOS (T5 style), a
-    text longer than max_length keeps its first max_length - 1 tokens and the EOS."""
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    token_lists = tokenizer(list(texts), add_special_tokens=True)["input_ids"]
-    cut = 0
-    rows = []
-    for tokens in token_lists:
-        if not tokens or tokens[-1] != eos:
-            tokens = [*tokens, eos]
-        if len(tokens) > max_length:
-            tokens = [*tokens[: max_length - 1], eos]
-            cut += 1
-        rows.append(tokens)
-    ids_NxT, mask_NxT = pad_targets(rows, max_length, pad)
-    return ids_NxT, mask_NxT, cut
-
-
-def encode_pairs(tokenizer: Any, pairs: Sequence[t2t_tasks.TextPair], max_input_length: int,
-                 max_target_length: int, where: str, with_targets: bool = True
-                 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """input_ids/attention_mask [N, S] (+ target_ids/target_mask [N, T]) and cut counts."""
-    ids, mask, cut_inputs = tokenize(tokenizer, [p.inputs for p in pairs], max_input_length)
-    arrays = {"input_ids": ids, "attention_mask": mask}
-    cut = {"inputs": cut_inputs}
-    if with_targets:
-        missing = [p.guid for p in pairs if p.targets is None]
-        if missing:
-            raise ValueError(f"{where}: {len(missing)} example(s) have no target, e.g. id "
-                             f"{missing[0]!r}")
-        tids, tmask, cut_targets = tokenize(tokenizer, [p.targets for p in pairs],
-                                            max_target_length)
-        arrays.update(target_ids=tids, target_mask=tmask)
-        cut["targets"] = cut_targets
-    for kind, count in cut.items():
-        if count:
-            key = "max_seq_length" if kind == "inputs" else "max_target_length"
-            warnings.warn(f"{where}: {count} of {len(pairs)} {kind} are longer than "
-                          f"text2text.{key} and were cut", stacklevel=2)
-    return arrays, cut
+from jaxpet.text2text.data import (
+    check_data_files,
+    data_path,
+    encode_pairs,
+    read_eval_split,
+    read_records,
+    render,
+)
+from jaxpet.text2text.evaluate import evaluate
 
 
 def make_seq2seq_loss(apply_fn: Callable, *, start_id: int = 0, pad_id: int = 0,
@@ -171,80 +63,6 @@ def make_seq2seq_loss(apply_fn: Callable, *, start_id: int = 0, pad_id: int = 0,
         return loss, {"token_accuracy": hits / jnp.maximum(tokens, 1.0), "target_tokens": tokens}
 
     return loss_fn
-
-
-def metric_name(section: Text2TextConfig) -> str:
-    return DEFAULT_METRIC[section.format] if section.metric == "auto" else section.metric
-
-
-def metric_references(name: str, pairs: Sequence[t2t_tasks.TextPair],
-                      records: Sequence[Mapping[str, Any]]) -> list[Any]:
-    """What each prediction is scored against: the target string, except SQuAD (all gold
-    answers) and correlation (the records' unrounded scores when all have one)."""
-    if name == "squad":
-        return [list(p.meta.get("answers") or [p.targets]) for p in pairs]
-    if name == "correlation" and all(isinstance(r.get("label"), (int, float))
-                                     and not isinstance(r.get("label"), bool) for r in records):
-        return [float(r["label"]) for r in records]
-    return [p.targets for p in pairs]
-
-
-def compute_metric(name: str, predictions: Sequence[str], pairs: Sequence[t2t_tasks.TextPair],
-                   records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """The metric on decoded strings against metric_references."""
-    if name == "none":
-        return {}
-    references = metric_references(name, pairs, records)
-    return {"bleu": t2t_metrics.bleu, "rouge": t2t_metrics.rouge, "squad": t2t_metrics.squad,
-            "correlation": t2t_metrics.correlations,
-            "accuracy": t2t_metrics.accuracy}[name](predictions, references)
-
-
-def label_strings(section: Text2TextConfig) -> list[str]:
-    """Candidate outputs for rank classification: the config's labels or the format's own."""
-    if section.labels:
-        return list(section.labels)
-    if section.format == "mnli":
-        return list(t2t_tasks.MNLI_LABELS)
-    if section.format == "stsb":
-        return list(STSB_LABELS)
-    if section.format == "glue" and section.format_options.get("label_names"):
-        return [str(x) for x in section.format_options["label_names"]]
-    raise ValueError("config key 'text2text.labels' must list the label strings for "
-                     f"rank_classification with format {section.format!r}")
-
-
-def generate_texts(lm: Any, params: Any, arrays: Mapping[str, np.ndarray],
-                   section: Text2TextConfig, batch_size: int, mesh: Any) -> list[str]:
-    """Greedy / beam outputs of every row, decoded to strings (one compiled program)."""
-    from jaxpet.engine.training import predict
-    from jaxpet.models import LoadedModel
-
-    steps = section.max_new_tokens or section.max_target_length
-
-    def generate_fn(p: Any, batch: Mapping[str, jax.Array]) -> jax.Array:
-        model = LoadedModel(lm.module, p, lm.config)
-        return generate(model, batch["input_ids"], batch["attention_mask"], steps,
-                        section.num_beams, section.length_penalty)
-
-    inputs = {k: arrays[k] for k in ("input_ids", "attention_mask")}
-    tokens_NxT = predict(generate_fn, params, inputs, batch_size, mesh)
-    rows = strip_after_eos(tokens_NxT, lm.config.eos_token_id)
-    return [t.strip() for t in lm.tokenizer.batch_decode(rows, skip_special_tokens=True)]
-
-
-def rank_scores(lm: Any, params: Any, arrays: Mapping[str, np.ndarray], labels: Sequence[str],
-                batch_size: int, mesh: Any) -> np.ndarray:
-    """[N, L] sum log p of every label string (with its EOS) given each input."""
-    from jaxpet.engine.training import predict
-
-    tokens = lm.tokenizer(list(labels), add_special_tokens=True)["input_ids"]
-    ids_LxT, mask_LxT = pad_targets(tokens, pad_id=lm.config.pad_token_id)
-    fn = make_t5_label_scores_fn(lm.module.apply, ids_LxT, mask_LxT,
-                                 start_id=lm.config.decoder_start_token_id,
-                                 pad_id=lm.config.pad_token_id)
-    inputs = {k: arrays[k] for k in ("input_ids", "attention_mask")}
-    return predict(fn, params, inputs, batch_size, mesh)
 
 
 def _train(config: Config, lm: Any, arrays: dict[str, np.ndarray], mesh: Any,
@@ -289,55 +107,6 @@ def _train(config: Config, lm: Any, arrays: dict[str, np.ndarray], mesh: Any,
     if checkpointer is not None:
         checkpointer.close()
     return state.params, updates, time.perf_counter() - start
-
-
-def read_eval_split(section: Text2TextConfig
-                    ) -> tuple[list[dict[str, Any]], list[t2t_tasks.TextPair]]:
-    """The evaluation records and their pairs (read before training, so that a bad evaluation
-    file fails the run at its start rather than after training)."""
-    records = read_records(section, section.eval_file, section.eval_examples)
-    return records, render(section, records, section.eval_file)
-
-
-def evaluate(config: Config, lm: Any, params: Any, mesh: Any, out: Path,
-             split: tuple[list[dict[str, Any]], list[t2t_tasks.TextPair]] | None = None
-             ) -> dict[str, Any]:
-    """Decodes the evaluation file (or `split`, from read_eval_split), scores it and writes
-    predictions.jsonl: per example the prediction, the target and, where the metric scores
-    against something else (SQuAD answers, STS-B scores), that `reference`."""
-    section = config.text2text
-    records, pairs = split if split is not None else read_eval_split(section)
-    labeled = all(p.targets is not None for p in pairs)
-    arrays, cut = encode_pairs(lm.tokenizer, pairs, section.max_seq_length,
-                               section.max_target_length, section.eval_file, with_targets=False)
-    batch_size = config.eval.batch_size
-    predictions = generate_texts(lm, params, arrays, section, batch_size, mesh)
-    name = metric_name(section)
-    result: dict[str, Any] = {"num_eval": len(pairs), "metric": name, "cut_inputs": cut["inputs"],
-                              "metrics": compute_metric(name, predictions, pairs, records)
-                              if labeled else {}}
-    if not labeled:
-        print(f"{section.eval_file}: some examples have no target; wrote predictions only")
-    ranked = None
-    if section.rank_classification:
-        labels = label_strings(section)
-        scores_NxL = rank_scores(lm, params, arrays, labels, batch_size, mesh)
-        ranked = [labels[int(i)] for i in np.argmax(scores_NxL, axis=-1)]
-        outputs.write_npy(out / "rank_scores.npy", scores_NxL)
-        result["rank_classification"] = (compute_metric(name, ranked, pairs, records)
-                                         if labeled else {})
-    references = metric_references(name, pairs, records) if labeled else [None] * len(pairs)
-    records_out = []
-    for i, pair in enumerate(pairs):
-        row = {"guid": pair.guid, "inputs": pair.inputs, "prediction": predictions[i],
-               "target": pair.targets}
-        if references[i] != pair.targets:
-            row["reference"] = references[i]
-        if ranked is not None:
-            row["rank_prediction"] = ranked[i]
-        records_out.append(row)
-    outputs.write_jsonl(out / "predictions.jsonl", records_out)
-    return result
 
 
 def save_model(lm: Any, params: Any, folder: Path) -> None:
