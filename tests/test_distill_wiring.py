@@ -398,6 +398,16 @@ def test_merge_members_names_the_top_candidate_when_candidates_are_not_labels(tm
     assert not (out / "unlabeled_logits.npy").exists()
 
 
+def test_merge_members_refuses_candidate_scores_of_another_eval_set(tmp_path):
+    # members saved for 4 eval examples (an earlier run's eval set) must not be silently cut to 3
+    data = TaskData("record", ["0", "1"], [], [
+        Example(guid=f"r{i}", text_a="t", meta={"candidates": ["a", "b", "c"], "answers": ["a"]})
+        for i in range(3)], [])
+    member_dir, members, _ = _members(tmp_path, 4, None, width=3)
+    with pytest.raises(ValueError, match=r"zip\(\) argument 2 is longer than argument 1"):
+        distill.merge_members(_config(tmp_path), data, member_dir, members, tmp_path / "e")
+
+
 # ---------------------------------------------------------------- distillation wiring
 
 
