@@ -235,3 +235,28 @@ def test_inputs_are_checked():
         with pytest.raises(ValueError, match=rf"row_blocks={blocks} must be >= 1 and divide the "
                                              r"number of examples \(2\)"):
             multi_mask_decode(logits_fn, ids, attn, pos, tgt, row_blocks=blocks)
+
+
+def test_traced_inputs_and_one_example_use_the_documented_defaults():
+    """Inside a caller's trace the mask values are not checked (they are unknown), and the
+    default row_blocks=1 accepts any number of examples; eval_shape traces without compiling."""
+    ids, attn, pos, tgt, _ = _batch(MIXED)
+
+    def decode(p, t):
+        return multi_mask_decode(logits_fn, ids, attn, p, t)
+
+    out = jax.eval_shape(decode, pos, tgt)
+    assert (out.shape, out.dtype) == ((NUM_EX, NUM_CAND), jnp.float32)
+    one = [x[:1] for x in (ids, attn, pos, tgt)]
+    assert jax.eval_shape(lambda *a: multi_mask_decode(logits_fn, *a), *one).shape == (1, NUM_CAND)
+    decoder = make_multi_mask_decoder(apply_fn)
+    assert jax.eval_shape(decoder, PARAMS, *one).shape == (1, NUM_CAND)
+
+
+def test_mask_at_position_zero_and_target_id_zero_are_ordinary_values():
+    ids, attn, pos, tgt, types = _batch(MIXED, seed=9)
+    # row (0, 2): its first mask moves to position 0; row (1, 0): a slot's target is token 0
+    ids[0, 2, 0], pos[0, 2, 0] = MASK, 0
+    tgt[1, 0, 1] = 0
+    batch = ids, attn, pos, tgt, types
+    _check(_decode(batch, "max_first"), _reference(ids, attn, pos, tgt, "max_first", types))
