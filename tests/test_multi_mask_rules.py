@@ -222,7 +222,9 @@ def test_inputs_are_checked():
     bad = tgt.copy()
     bad[1, 2, 1] = -1  # a mask without a target token
     with pytest.raises(ValueError, match=r"example 1, candidate 2\) slot 1: mask position 4 and "
-                                         r"target id -1 disagree"):
+                                         r"target id -1 disagree; every mask of a candidate row "
+                                         r"needs exactly one target token \(use -1 for both in "
+                                         r"unused slots\)$"):
         multi_mask_decode(logits_fn, ids, attn, pos, bad)
     # concrete jax arrays are checked as well as numpy arrays
     with pytest.raises(ValueError, match=r"example 1, candidate 2\) slot 1"):
