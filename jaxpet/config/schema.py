@@ -315,8 +315,9 @@ class Config:
     method: str = "pet"
     output_dir: str = MISSING  # results, logits, predictions and checkpoints go here
     seed: int = 42  # training seed; repetition r of a model uses seed + r
-    # persistent XLA compilation cache: reruns, and models whose programs are identical (e.g.
-    # patterns sharing a verbalizer), skip compiling; "" disables it
+    # persistent XLA compilation cache: every compiled program is kept there, so the second run
+    # of a config compiles nothing, and models whose programs are identical (e.g. patterns
+    # sharing a verbalizer) compile once; "" disables it
     compilation_cache: str = "~/.cache/jaxpet/xla"
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

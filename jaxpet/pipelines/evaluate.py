@@ -196,8 +196,9 @@ def run(config: Config) -> dict[str, Any]:
 
 def evaluate_in_folder(config: Config, trained: Config, run: Path, out: Path,
                        start: float) -> dict[str, Any]:
+    from jaxpet.engine.compilation_cache import enable_compilation_cache
     from jaxpet.pipelines.pet import aggregate
-    from jaxpet.pipelines.setup import build_mesh, enable_compilation_cache, load_task_data
+    from jaxpet.pipelines.setup import build_mesh, load_task_data
 
     names = {stage: saved_members(run / stage) for stage in stages(run, trained.method)
              if (run / stage).is_dir()}

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from jaxpet.config import Config, ConfigError, TrainingConfig, to_yaml
+from jaxpet.engine.compilation_cache import enable_compilation_cache
 
 # the run's setup lives in jaxpet.pipelines.setup; these names stay importable from here
 from jaxpet.pipelines.setup import (  # noqa: E402, F401
@@ -36,7 +37,6 @@ from jaxpet.pipelines.setup import (  # noqa: E402, F401
     build_mesh,
     check_batch_sizes,
     check_memory,
-    enable_compilation_cache,
     evaluate_logits,
     label_indices,
     load_model,

@@ -241,7 +241,8 @@ def _model_params(config: Config, unlabeled: list[Any]) -> tuple[Any, Any]:
 
 def search(config: Config) -> PetalResult:
     """Label words for every pattern in pet.pattern_ids (config section `petal`)."""
-    from jaxpet.pipelines.setup import enable_compilation_cache, verbalizer_file
+    from jaxpet.engine.compilation_cache import enable_compilation_cache
+    from jaxpet.pipelines.setup import verbalizer_file
     from jaxpet.prompts import get_pvp
 
     start = time.perf_counter()

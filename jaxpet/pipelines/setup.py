@@ -209,19 +209,6 @@ def check_memory(config: Config, lm: Any, head: str, target_len: int | None = No
                    batch_sizes=batch_sizes, accumulation_steps=settings.accumulation_steps)
 
 
-def enable_compilation_cache(path: str) -> None:
-    """Points JAX's persistent compilation cache at `path` ("" leaves JAX's setting alone)."""
-    if not path:
-        return
-    from jax.experimental.compilation_cache import compilation_cache
-
-    path = str(Path(path).expanduser())
-    if jax.config.jax_compilation_cache_dir != path:
-        # the cache is set up at the first compile; start over so that the new folder is used
-        compilation_cache.reset_cache()
-        jax.config.update("jax_compilation_cache_dir", path)
-
-
 def build_mesh(config: Config) -> Any:
     from jaxpet.engine.sharding import make_mesh
 

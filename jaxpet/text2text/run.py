@@ -199,7 +199,8 @@ def run(config: Any, output_dir: str | os.PathLike | None = None, *,
 def _run_in_folder(config: Config, out: Path, start: float,
                    compiler_options: dict[str, Any] | None) -> dict[str, Any]:
     """run() once the output folder is locked and its fingerprint checked."""
-    from jaxpet.pipelines.pet import build_mesh, check_batch_sizes, enable_compilation_cache
+    from jaxpet.engine.compilation_cache import enable_compilation_cache
+    from jaxpet.pipelines.pet import build_mesh, check_batch_sizes
 
     section = config.text2text
     enable_compilation_cache(config.compilation_cache)
