@@ -420,8 +420,9 @@ def test_distill_hands_the_fit_the_unlabeled_set_with_soft_targets_at_temperatur
     results = distill.distill(config, data, mesh, tmp_path, teacher)
     folder = tmp_path / "distilled"
     (call,) = fakes.train.calls
-    _, settings, loss_fn, params, groups, _, fit_folder, seed = call
+    _, settings, loss_fn, params, groups, fit_mesh, fit_folder, seed = call
     assert settings is config.classifier and fit_folder == folder and seed == 7
+    assert fit_mesh is mesh
     assert fakes.loader.calls == [(config, "classifier", 4, "encoder-ckpt")]
     assert params is fakes.loader.lm.params
     # the fit sees the unlabeled set, its batch size and the run's seed, with the raw teacher
@@ -584,7 +585,8 @@ def test_run_classifier_trains_one_classifier_per_repetition_on_the_labeled_set(
     data = _data()
     config = _config(tmp_path, method="sequence_classifier", save_models="final",
                      classifier={"repetitions": 2})
-    results = distill.run_classifier(config, data, build_mesh(config), tmp_path)
+    mesh = build_mesh(config)
+    results = distill.run_classifier(config, data, mesh, tmp_path)
     assert fakes.loader.calls == [(config, "classifier", 4, "encoder-ckpt")]
     params = fakes.loader.lm.params
     expected = _np_encode(tokenizer, data.train, 12)
@@ -592,8 +594,8 @@ def test_run_classifier_trains_one_classifier_per_repetition_on_the_labeled_set(
     accuracies = []
     for repetition, call in enumerate(fakes.train.calls):
         name, seed = f"sc-s{repetition}", 7 + repetition
-        _, settings, loss_fn, c_params, groups, _, folder, c_seed = call
-        assert settings is config.classifier and c_params is params
+        _, settings, loss_fn, c_params, groups, c_mesh, folder, c_seed = call
+        assert settings is config.classifier and c_params is params and c_mesh is mesh
         assert folder == tmp_path / name and c_seed == seed
         (arrays, batch_size, group_seed), = groups.values()
         assert list(groups) == [""] and batch_size == 2 and group_seed == seed
