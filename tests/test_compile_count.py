@@ -6,12 +6,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxpet.data.batching import Batcher
 from jaxpet.engine.optim import make_optimizer
 from jaxpet.engine.sharding import make_mesh
 from jaxpet.engine.training import FAST_CPU_COMPILE, Trainer, fit, predict
 from jaxpet.scoring.cloze_step import make_classifier_logits_fn, make_classifier_loss
+
+# compiled programs are counted: none may come back from conftest's persistent XLA cache, where
+# a program compiled twice would pass for one compiled once
+pytestmark = pytest.mark.usefixtures("no_compilation_cache")
 
 
 class TinyClassifier(nn.Module):
