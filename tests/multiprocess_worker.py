@@ -242,8 +242,8 @@ def _time_vote(mesh, state, trainer, batcher, repeats: int = 50) -> dict[str, fl
     """Seconds per blocking stop vote and per blocking train step (for the overhead report)."""
     import jax
 
+    from jaxpet.engine.fit import StopVote
     from jaxpet.engine.sharding import global_batch
-    from jaxpet.engine.training import StopVote
 
     vote = StopVote(mesh)
     vote.should_stop(1, False)

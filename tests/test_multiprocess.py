@@ -11,8 +11,8 @@ import jax
 import pytest
 
 from jaxpet.engine.checkpoint import checkpoint_directory
+from jaxpet.engine.fit import StopVote
 from jaxpet.engine.sharding import distributed_settings, make_mesh, maybe_initialize_distributed
-from jaxpet.engine.training import StopVote
 
 DIST_ENV = ("JAXPET_DISTRIBUTED", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",
             "JAX_PROCESS_ID", "JAX_LOCAL_DEVICE_IDS")

@@ -23,15 +23,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 # The loop's stop and guard parts are imported from here too (their home is engine.fit).
-from jaxpet.engine.fit import (  # noqa: F401
-    MetricsWriter,
-    NonFiniteLossError,
-    SigtermFlag,
-    StopVote,
-    fit_loop,
-    non_finite_error,
-    stage_name,
-)
+from jaxpet.engine.fit import MetricsWriter, fit_loop
 from jaxpet.engine.sharding import (
     batch_divisor,
     batch_sharding,

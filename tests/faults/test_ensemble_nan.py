@@ -19,8 +19,8 @@ from test_train_cli import build_workspace
 from jaxpet.cli import train_main
 from jaxpet.engine.checkpoint import Checkpointer
 from jaxpet.engine.ensemble_training import EnsembleTrainer, fit_ensemble
+from jaxpet.engine.fit import NonFiniteLossError
 from jaxpet.engine.sharding import make_mesh
-from jaxpet.engine.training import NonFiniteLossError
 from jaxpet.runs.outputs import read_jsonl
 
 STEPS = 6
