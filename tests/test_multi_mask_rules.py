@@ -1,6 +1,7 @@
 """multi_mask_decode's branches, run eagerly on tiny shapes, against a numpy port of PET's loops."""
 
 from collections.abc import Iterator
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -262,3 +263,36 @@ def test_mask_at_position_zero_and_target_id_zero_are_ordinary_values():
     tgt[1, 0, 1] = 0
     batch = ids, attn, pos, tgt, types
     _check(_decode(batch, "max_first"), _reference(ids, attn, pos, tgt, "max_first", types))
+
+
+def test_forward_passes_run_on_the_documented_row_counts():
+    """By default the first pass runs once per distinct input row (N * min(C, K) rows when C > K,
+    as PET's candidates of one length share it), and each later step on the smallest of M, M/2,
+    M/4 rows (row_buckets=3) that holds the rows still holding masks, in one block."""
+    rows = []
+
+    def recording_apply(params, input_ids, *args, **kwargs):
+        rows.append(input_ids.shape[0])
+        return apply_fn(params, input_ids, *args, **kwargs)
+
+    # FEW: 2 * 3 shared first-pass rows; then 2 rows active (size 2 of 8, 4, 2), then 1 (size 2)
+    ids, attn, pos, tgt, types = _batch(FEW, seed=4)
+    expected = _reference(ids, attn, pos, tgt, "max_first")
+    got = multi_mask_decode(partial(recording_apply, PARAMS), ids, attn, pos, tgt)
+    _check(np.asarray(got), expected)
+    assert rows == [NUM_EX * K_MAX, 2, 2]
+    rows.clear()
+    got = make_multi_mask_decoder(recording_apply)(PARAMS, ids, attn, pos, tgt)
+    _check(np.asarray(got), expected)
+    assert rows == [NUM_EX * K_MAX, 2, 2]
+    # Two blocks of 4 rows (sizes 4, 2, 1 per block): the busiest block sets the size.
+    rows.clear()
+    got = make_multi_mask_decoder(recording_apply, row_blocks=2)(PARAMS, ids, attn, pos, tgt)
+    _check(np.asarray(got), expected)
+    assert rows == [NUM_EX * K_MAX, 2 * 2, 2 * 1]
+    # SHORT: 3 rows active after step 0 (size 4), none after step 1: no forward at all.
+    rows.clear()
+    ids, attn, pos, tgt, types = _batch(SHORT, seed=4)
+    got = multi_mask_decode(partial(recording_apply, PARAMS), ids, attn, pos, tgt, strategy="ltr")
+    _check(np.asarray(got), _reference(ids, attn, pos, tgt, "ltr"))
+    assert rows == [NUM_EX * K_MAX, 4]
