@@ -14,22 +14,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from jax.sharding import Mesh
 
+from jaxpet.engine.batch_keys import is_sequence_key
 from jaxpet.engine.sharding import process_batch_slice
 
 DEFAULT_BUCKETS: tuple[int, ...] = (32, 64, 128, 256, 512)
-# Arrays with a sequence axis (axis 1) that bucketing trims; prefixed keys match too.
-SEQUENCE_KEYS: tuple[str, ...] = (
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "special_tokens_mask",
-)
-
-
-def is_sequence_key(key: str) -> bool:
-    return any(key == name or key.endswith("_" + name) for name in SEQUENCE_KEYS)
-
-
 def bucket_length(max_len_in_batch: int, buckets: Sequence[int]) -> int:
     """Smallest bucket >= max_len_in_batch."""
     for bucket in sorted(buckets):

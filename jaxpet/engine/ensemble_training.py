@@ -29,7 +29,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxpet.data.batching import is_sequence_key
+from jaxpet.engine.batch_keys import is_sequence_key
 from jaxpet.engine.fit import MetricsWriter, fit_loop
 from jaxpet.engine.sharding import BATCH_AXES, process_batch_slice, replicated
 from jaxpet.engine.training import LossFn, Trainer, TrainState, fit

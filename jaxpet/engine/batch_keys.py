@@ -1,0 +1,16 @@
+"""Batch array names: which arrays of a batch have a sequence axis (axis 1)."""
+
+from __future__ import annotations
+
+# Arrays with a sequence axis, which bucketing trims and member stacking pads; prefixed keys
+# (e.g. "unlabeled_input_ids") match too.
+SEQUENCE_KEYS: tuple[str, ...] = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "special_tokens_mask",
+)
+
+
+def is_sequence_key(key: str) -> bool:
+    return any(key == name or key.endswith("_" + name) for name in SEQUENCE_KEYS)
