@@ -58,7 +58,7 @@ class SavedScorer:
             self.fn = self.fn or make_classifier_logits_fn(self.lm.module.apply)
             arrays = encode_classifier_inputs(self.lm, examples, self.card.max_seq_length)
             return predict_logits(self.config, self.fn, self.lm.params, arrays, self.mesh)
-        from jaxpet.pipelines.pet import prepare_pattern
+        from jaxpet.pipelines.pet import pattern_scores, prepare_pattern
         from jaxpet.pipelines.setup import TaskData
 
         # the pipeline's own encoding: the new texts are the evaluation set; one example
@@ -66,21 +66,15 @@ class SavedScorer:
         data = TaskData(self.card.task, list(self.card.labels), train=list(examples[:1]),
                         eval=list(examples), unlabeled=[])
         pattern = prepare_pattern(self.config, self.lm, data, self.card.pattern_id)
-        multi_token = getattr(pattern, "multi_token", False)
-        if multi_token != (self.card.scorer == "candidates"):
+        if pattern.scorer.kind != self.card.scorer:
             raise SavedModelError(
                 f"{self.folder / 'jaxpet.json'}: scorer {self.card.scorer!r}, but pattern "
-                f"{self.card.pattern_id} of task {self.card.task!r} with this tokenizer has "
-                f"{'multi' if multi_token else 'single'}-token answers")
-        if multi_token:
-            from jaxpet.pipelines.multitoken import label_scores
-
-            self.fn = self.fn or pattern.scores_fn
-            pattern = dataclasses.replace(pattern, scores_fn=self.fn)
-            return label_scores(self.config, pattern, self.lm.params, pattern.eval, examples,
-                                self.mesh)[0]
+                f"{self.card.pattern_id} of task {self.card.task!r} with this tokenizer is "
+                f"scored as {pattern.scorer.kind!r} ({pattern.scorer.describe()})")
         self.fn = self.fn or pattern.logits_fn
-        return predict_logits(self.config, self.fn, self.lm.params, pattern.eval, self.mesh)
+        pattern = dataclasses.replace(pattern, logits_fn=self.fn)
+        return pattern_scores(self.config, pattern, self.lm.params, pattern.eval, examples,
+                              self.mesh)[0]
 
 
 @dataclasses.dataclass

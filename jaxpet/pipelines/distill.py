@@ -164,8 +164,8 @@ def merge_members(config: Config, data: Any, member_dir: Path, members: Mapping[
     `eval_logits.npy`, `unlabeled_logits.npy` (when the members have them), predictions.jsonl
     and results.json; returns the results (eval metrics of the merged scores).
     """
-    from jaxpet.pipelines.multitoken import evaluate_scores
     from jaxpet.pipelines.pet import write_predictions
+    from jaxpet.pipelines.setup import evaluate_scores
 
     names = sorted(members)
     weights_M = np.asarray([members[n]["train_set_before_training"] for n in names])

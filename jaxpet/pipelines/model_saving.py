@@ -102,8 +102,7 @@ def pattern_card(config: Config, lm: Any, data: Any, pattern: Any, folder: Path)
     from jaxpet.pipelines.setup import verbalizer_file
     from jaxpet.prompts import get_pvp
 
-    multi_token = getattr(pattern, "multi_token", False)
-    scorer = "seq2seq" if lm.head == "seq2seq" else "candidates" if multi_token else "cloze"
+    scorer = pattern.scorer
     pvp = get_pvp(data.name, pattern.pattern_id, verbalizer_file(config))
     verbalizer: dict[str, list[str]] = {}
     try:
@@ -111,10 +110,10 @@ def pattern_card(config: Config, lm: Any, data: Any, pattern: Any, folder: Path)
     except (KeyError, NotImplementedError, TypeError, ValueError):
         pass  # multi-token tasks whose answers are each example's choices: no label words
     return ModelCard(
-        scorer=scorer, task=data.name, labels=list(data.labels),
+        scorer=scorer.kind, task=data.name, labels=list(data.labels),
         max_seq_length=config.pet.max_seq_length, backbone=backbone(lm),
         pattern_id=pattern.pattern_id, verbalizer=verbalizer,
-        decoding=config.pet.decoding_strategy if multi_token else None,
+        decoding=scorer.decoding,
         member=member_name(folder), config=to_dict(config), fingerprint=run_fingerprint(config))
 
 

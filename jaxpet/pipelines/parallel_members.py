@@ -29,7 +29,7 @@ def _jobs(config: Config, patterns: Sequence[Any], out: Path,
     """(member folder, pattern, training arrays, seed) of every member that needs training."""
     jobs = []
     for pattern in patterns:
-        if getattr(pattern, "multi_token", False):
+        if not pattern.scorer.supports_parallel_members:
             continue
         for repetition in range(config.pet.repetitions):
             folder = outputs.member_dir(out, pattern.pattern_id, repetition)
@@ -41,31 +41,17 @@ def _jobs(config: Config, patterns: Sequence[Any], out: Path,
 
 
 def member_constants(patterns: Sequence[Any], lm: Any) -> list[dict[str, np.ndarray]]:
-    """Each member's per-pattern constants: verbalizer ids (masked LM), or T5 label targets
-    padded to the most words and tokens of any member (stacked members share shapes)."""
-    if patterns[0].label_targets is None:
-        return [{"verbalizer_ids": np.asarray(p.verbalizer_ids_LxW)} for p in patterns]
-    from jaxpet.scoring.seq2seq import T5_CONSTANT_KEYS, pad_label_targets
+    """Each member's scorer constants (verbalizer ids, T5 label targets), padded to the most
+    words and tokens of any member (stacked members share shapes)."""
+    from jaxpet.scoring.scorer import pad_member_constants
 
-    words = max(p.label_targets[0].shape[1] for p in patterns)
-    length = max(p.label_targets[0].shape[2] for p in patterns)
-    return [dict(zip(T5_CONSTANT_KEYS, pad_label_targets(
-        *p.label_targets, words, length, pad_id=lm.config.pad_token_id), strict=True))
-        for p in patterns]
+    return pad_member_constants([p.constants for p in patterns], patterns[0].constant_pad)
 
 
-def member_loss(config: Config, lm: Any) -> Any:
-    """The members' shared loss, reading each member's constants from its batch."""
-    if lm.head == "seq2seq":
-        from jaxpet.pipelines.pet import t5_special_ids
-        from jaxpet.scoring.seq2seq import make_member_t5_pet_loss
-
-        return make_member_t5_pet_loss(lm.module.apply, **t5_special_ids(lm),
-                                       dropout=lm.config.dropout_rate > 0.0)
-    from jaxpet.pipelines.pet import pet_loss_kwargs
-    from jaxpet.scoring.cloze_step import make_member_pet_loss
-
-    return make_member_pet_loss(lm.module.apply, **pet_loss_kwargs(config, lm))
+def member_loss(pattern: Any) -> Any:
+    """The members' shared loss (of their common scorer), reading each member's constants
+    from its batch."""
+    return pattern.scorer.member_loss_fn()
 
 
 def train_in_parallel(config: Config, lm: Any, params: Any, patterns: Sequence[Any], mesh: Any,
@@ -109,7 +95,7 @@ def train_in_parallel(config: Config, lm: Any, params: Any, patterns: Sequence[A
         writers = [stack.enter_context(outputs.MetricsWriter(
             folder, tensorboard=config.logging.tensorboard)) for folder, _, _, _ in jobs]
         trained = train_members(
-            members, member_loss(config, lm), optimizer, mesh,
+            members, member_loss(jobs[0][1]), optimizer, mesh,
             steps * settings.accumulation_steps, parallel="auto",
             learning_rate_fn=lr_fn, pad_id=lm.tokenizer.pad_token_id,
             checkpointer_for=checkpointer_for, metrics_writers=writers,

@@ -38,6 +38,7 @@ from jaxpet.pipelines.setup import (  # noqa: E402, F401
     check_batch_sizes,
     check_memory,
     evaluate_logits,
+    evaluate_scores,
     label_indices,
     load_model,
     load_task_data,
@@ -82,11 +83,14 @@ def train(config: Config, settings: TrainingConfig, loss_fn: Any, params: Any, g
 
 @dataclasses.dataclass
 class PatternData:
-    """One pattern's encoded sets and its compiled label-score function.
+    """One pattern's encoded sets, its compiled label-score function and its Scorer.
 
-    A masked-LM pattern has verbalizer ids [L, W]; a T5 pattern (jaxpet.scoring.seq2seq) has none
-    and
-    its label targets `<extra_id_0> word` (ids, mask [L, W, T]) instead.
+    `train` and `unlabeled` are in the scorer's training layout; `eval`, and `train_eval` /
+    `unlabeled_eval`, in its scoring layout. A scorer that scores its training rows as they
+    are (scores_training_rows) has no `train_eval` (the labeled-set accuracy reads the
+    training arrays, iPET's pseudo-labeled rows included) and scores `unlabeled` itself.
+    `verbalizer_ids_LxW` (masked LM) and `label_targets` (T5: ids, mask [L, W, T]) are the
+    scorer's constants under their own names.
     """
 
     pattern_id: int
@@ -96,48 +100,61 @@ class PatternData:
     eval: dict[str, np.ndarray]
     unlabeled: dict[str, np.ndarray] | None
     label_targets: tuple[np.ndarray, np.ndarray] | None = None
+    scorer: Any = None  # jaxpet.scoring.scorer.Scorer
+    train_eval: dict[str, np.ndarray] | None = None
+    unlabeled_eval: dict[str, np.ndarray] | None = None
+
+    @property
+    def constants(self) -> dict[str, np.ndarray]:
+        """The scorer's constants (a PatternData built by hand: the ones it was given)."""
+        if self.scorer is not None:
+            return self.scorer.constants
+        named = {"verbalizer_ids": self.verbalizer_ids_LxW}
+        if self.label_targets is not None:
+            named = dict(zip(("label_target_ids", "label_target_mask"), self.label_targets,
+                             strict=True))
+        return {k: v for k, v in named.items() if v is not None}
+
+    @property
+    def constant_pad(self) -> dict[str, int]:
+        """Pad values of the constants that parallel members may pad to one shape."""
+        if self.scorer is not None:
+            return self.scorer.constant_pad
+        return {k: 0 for k in self.constants if k != "verbalizer_ids"}
 
 
-def encoded_sets(encode: Any, data: TaskData) -> dict[str, Any]:
-    """PatternData's train / eval / unlabeled arrays from encode(examples) -> arrays."""
-    from jaxpet.data.batching import DEFAULT_BUCKETS, trim_to_bucket
-
-    return dict(
-        # |T| = 0 (zero-shot iPET): an empty labeled set shaped like the others
-        train=encode(data.train) if data.train else {
-            k: v[:0] for k, v in encode(data.eval[:1]).items()},
-        eval=trim_to_bucket(encode(data.eval), DEFAULT_BUCKETS),
-        unlabeled=encode(data.unlabeled) if data.unlabeled else None)
+def encoded_sets(scorer: Any, data: TaskData) -> dict[str, Any]:
+    """PatternData's arrays of every set, in the scorer's training and scoring layouts."""
+    train, unlabeled = scorer.encode_training(data.train, data.unlabeled, data.eval[:1])
+    sets = dict(train=train, eval=scorer.encode(data.eval, "eval"), unlabeled=unlabeled)
+    if scorer.scores_training_rows:
+        return {**sets, "unlabeled_eval": unlabeled}
+    return {**sets, "train_eval": scorer.encode(data.train, "eval"),
+            "unlabeled_eval": scorer.encode(data.unlabeled, "eval") if data.unlabeled else None}
 
 
 def prepare_pattern(config: Config, lm: Any, data: TaskData, pattern_id: int) -> PatternData:
-    from jaxpet.pipelines.multitoken import needs_multi_token, prepare_multitoken_pattern
+    """Encodes the task's sets for one pattern with its Scorer (jaxpet.scoring.make_scorer)."""
     from jaxpet.pipelines.setup import verbalizer_file
     from jaxpet.prompts import get_pvp
-    from jaxpet.scoring.cloze_step import make_label_logits_fn
+    from jaxpet.scoring.scorer import make_scorer
 
-    pvp = get_pvp(data.name, pattern_id, verbalizer_file(config))
-    # T5 scores label words of any length in one decoder pass: never multi-token
-    multi_token = lm.head != "seq2seq" and needs_multi_token(pvp, lm.tokenizer)
-    if config.eval.priming and (lm.head == "seq2seq" or multi_token):
+    scorer = make_scorer(get_pvp(data.name, pattern_id, verbalizer_file(config)), lm, config)
+    if config.eval.priming and not scorer.supports_priming:
         raise ConfigError(f"eval.priming needs a masked LM and single-token label words; "
                           f"pattern {pattern_id} of task {data.name!r} has multi-token answers "
                           "or a T5 backbone")
-    if lm.head == "seq2seq":
-        return prepare_t5_pattern(config, lm, data, pvp)
-    if multi_token:  # COPA, WSC, ReCoRD, multi-token verbalizers
-        return prepare_multitoken_pattern(config, lm, data, pattern_id, pvp)
-    seq = config.pet.max_seq_length
-    keys = (*MODEL_INPUTS, "mask_positions", "labels")
-    encode = lambda examples: {k: np.asarray(v) for k, v in  # noqa: E731
-                               pvp.encode(examples, lm.tokenizer, seq).items() if k in keys}
-    verbalizer_ids_LxW = np.asarray(pvp.verbalizer_ids(lm.tokenizer))
-    sets = encoded_sets(encode, data)
+    sets = encoded_sets(scorer, data)
     if config.eval.priming:
-        sets["eval"] = primed_eval_set(pvp, lm.tokenizer, data, seq)
-    return PatternData(
-        pattern_id=pattern_id, verbalizer_ids_LxW=verbalizer_ids_LxW,
-        logits_fn=make_label_logits_fn(lm.module.apply, verbalizer_ids_LxW), **sets)
+        sets["eval"] = primed_eval_set(scorer.pvp, lm.tokenizer, data, config.pet.max_seq_length)
+    constants = scorer.constants
+    label_targets = None
+    if "label_target_ids" in constants:
+        label_targets = (constants["label_target_ids"], constants["label_target_mask"])
+    return PatternData(pattern_id=pattern_id,
+                       verbalizer_ids_LxW=constants.get("verbalizer_ids"),
+                       logits_fn=scorer.scores_fn(), label_targets=label_targets,
+                       scorer=scorer, **sets)
 
 
 def primed_eval_set(pvp: Any, tokenizer: Any, data: TaskData, seq: int) -> dict[str, np.ndarray]:
@@ -155,48 +172,25 @@ def primed_eval_set(pvp: Any, tokenizer: Any, data: TaskData, seq: int) -> dict[
                           DEFAULT_BUCKETS)
 
 
-def prepare_t5_pattern(config: Config, lm: Any, data: TaskData, pvp: Any) -> PatternData:
-    """A pattern of a T5 backbone: the mask slot is `<extra_id_0>`, the label scores are the
-    log-likelihoods of the label words after it (jaxpet.scoring.seq2seq)."""
-    from jaxpet.scoring.seq2seq import (
-        check_t5_pattern,
-        make_t5_label_scores_fn,
-        t5_label_targets,
-        t5_pet_encode,
-    )
-
-    check_t5_pattern(pvp)
-    seq = config.pet.max_seq_length
-    encode = lambda examples: t5_pet_encode(pvp, examples, lm.tokenizer, seq)  # noqa: E731
-    ids_LxWxT, mask_LxWxT = t5_label_targets(pvp, lm.tokenizer)
-    scores_fn = make_t5_label_scores_fn(lm.module.apply, ids_LxWxT, mask_LxWxT,
-                                        **t5_special_ids(lm))
-    return PatternData(pattern_id=pvp.pattern_id, verbalizer_ids_LxW=None, logits_fn=scores_fn,
-                       label_targets=(ids_LxWxT, mask_LxWxT), **encoded_sets(encode, data))
+def check_decoder_memory(config: Config, lm: Any, patterns: Sequence[PatternData]) -> None:
+    """check_memory of a backbone whose decoder scores the label targets (T5): its decoder
+    length is the most positions any pattern's scorer needs (load_model could not know it)."""
+    positions = [p.scorer.decoder_positions for p in patterns
+                 if p.scorer.decoder_positions is not None]
+    if positions:
+        check_memory(config, lm, "mlm", target_len=max(positions))
 
 
-def t5_special_ids(lm: Any) -> dict[str, int]:
-    """The decoder's start and pad ids, as jaxpet.scoring.seq2seq's functions take them."""
-    return dict(start_id=lm.config.decoder_start_token_id, pad_id=lm.config.pad_token_id)
-
-
-def check_t5_memory(config: Config, lm: Any, patterns: Sequence[PatternData]) -> None:
-    """check_memory of a T5 backbone, its decoder length being the longest patterns' targets."""
-    target_len = max(int(np.prod(p.label_targets[0].shape)) for p in patterns)
-    check_memory(config, lm, "mlm", target_len=target_len)
-
-
-def share_logits_fns(patterns: Sequence[Any]) -> list[Any]:
+def share_logits_fns(patterns: Sequence[PatternData]) -> list[PatternData]:
     """Patterns whose label scoring is the same (one verbalizer, e.g. all AG News patterns)
     get one logits_fn object, so that their predictions share compiled programs."""
     first: dict[tuple, Any] = {}
     shared = []
     for pattern in patterns:
-        if not isinstance(pattern, PatternData):  # multi-token: per-example candidates
+        key = pattern.scorer.share_key()
+        if key is None:
             shared.append(pattern)
             continue
-        constants = pattern.label_targets or (pattern.verbalizer_ids_LxW,)
-        key = tuple((a.shape, str(a.dtype), a.tobytes()) for a in map(np.asarray, constants))
         fn = first.setdefault(key, pattern.logits_fn)
         shared.append(dataclasses.replace(pattern, logits_fn=fn))
     return shared
@@ -211,40 +205,24 @@ def predict_logits(config: Config, fn: Any, params: Any, arrays: Mapping[str, np
     return np.asarray(predict(fn, params, inputs, config.eval.batch_size, mesh), np.float32)
 
 
+def pattern_scores(config: Config, pattern: PatternData, params: Any,
+                   arrays: Mapping[str, np.ndarray], examples: Sequence[Any] | None,
+                   mesh: Any) -> tuple[np.ndarray, list[str] | None]:
+    """([N, C] label scores, generated texts or None) of `arrays` (rows of `examples`) with
+    the pattern's compiled scores function, finalized by its scorer (WSC: string match)."""
+    from jaxpet.engine.training import predict
+
+    inputs = pattern.scorer.scoring_inputs(arrays)
+    raw = predict(pattern.logits_fn, params, inputs, config.eval.batch_size, mesh)
+    return pattern.scorer.finalize(np.asarray(raw), examples)
+
+
 def zero_shot(config: Config, patterns: Sequence[PatternData], params: Any, data: TaskData,
               mesh: Any) -> dict[str, dict[str, float]]:
     """Eval-set metrics of every pattern with untrained `params`."""
-    from jaxpet.pipelines.multitoken import zero_shot_metrics
-
-    return {f"p{p.pattern_id}": zero_shot_metrics(config, p, params, data, mesh)
-            if getattr(p, "multi_token", False) else evaluate_logits(
+    return {f"p{p.pattern_id}": evaluate_scores(
         data.name, data.labels, data.eval,
-        predict_logits(config, p.logits_fn, params, p.eval, mesh)) for p in patterns}
-
-
-def pet_loss_kwargs(config: Config, lm: Any) -> dict[str, Any]:
-    """make_pet_loss's keyword arguments (all but the verbalizer) from the config and model."""
-    settings = config.pet
-    return dict(alpha=settings.alpha, mask_token_id=lm.tokenizer.mask_token_id,
-                vocab_size=lm.config.vocab_size,
-                max_mlm_targets=settings.max_mlm_targets or max(
-                    1, int(np.ceil(settings.mlm_probability * settings.max_seq_length))),
-                pad_id=lm.tokenizer.pad_token_id, special_token_ids=lm.tokenizer.all_special_ids,
-                mlm_probability=settings.mlm_probability)
-
-
-def pattern_loss(config: Config, lm: Any, pattern: PatternData) -> Any:
-    """The training loss of one PET model: cloze (+ auxiliary MLM) for a masked LM, the
-    cross-entropy over label log-likelihoods for T5 (with dropout as the MLM path has)."""
-    from jaxpet.scoring.cloze_step import make_pet_loss
-    from jaxpet.scoring.seq2seq import make_t5_pet_loss
-
-    if pattern.label_targets is not None:
-        ids_LxWxT, mask_LxWxT = pattern.label_targets
-        return make_t5_pet_loss(lm.module.apply, ids_LxWxT, mask_LxWxT, **t5_special_ids(lm),
-                                dropout=lm.config.dropout_rate > 0.0)
-    return make_pet_loss(lm.module.apply, pattern.verbalizer_ids_LxW,
-                         **pet_loss_kwargs(config, lm))
+        pattern_scores(config, p, params, p.eval, data.eval, mesh)[0]) for p in patterns}
 
 
 def training_groups(config: Config, pattern: PatternData, train_set: Mapping[str, np.ndarray],
@@ -261,12 +239,27 @@ def training_groups(config: Config, pattern: PatternData, train_set: Mapping[str
     return groups
 
 
-def train_pet_model(config: Config, lm: Any, params: Any, pattern: PatternData, data: TaskData,
-                    mesh: Any, folder: Path, repetition: int,
-                    train_arrays: Mapping[str, np.ndarray] | None = None,
-                    pretrained: tuple[Any, float] | None = None,
-                    final: bool = True) -> dict[str, Any]:
-    """Trains, evaluates and saves one PET model (pattern x repetition) in `folder`.
+def labeled_set_accuracy(config: Config, pattern: PatternData, params: Any,
+                         train_set: Mapping[str, np.ndarray], data: TaskData,
+                         mesh: Any) -> float:
+    """Accuracy on the labeled set (PET's train_set_before/after_training): the training
+    arrays themselves, or the labeled examples in the scorer's scoring layout."""
+    arrays, examples = train_set, None
+    if pattern.train_eval is not None:
+        arrays, examples = pattern.train_eval, data.train
+    gold_N = pattern.scorer.gold(arrays, examples)
+    if not len(gold_N):
+        return 0.0
+    return accuracy(pattern_scores(config, pattern, params, arrays, examples, mesh)[0], gold_N)
+
+
+def train_member(config: Config, lm: Any, params: Any, pattern: PatternData, data: TaskData,
+                 mesh: Any, folder: Path, repetition: int,
+                 train_arrays: Mapping[str, np.ndarray] | None = None,
+                 pretrained: tuple[Any, float] | None = None,
+                 final: bool = True) -> dict[str, Any]:
+    """Trains, evaluates and saves one PET model (pattern x repetition) in `folder`, whatever
+    its scorer (single-token cloze, multi-token candidates, T5).
 
     `pretrained` = (params, seconds) of a member already trained elsewhere: only evaluated.
     `train_arrays` replaces the pattern's labeled set (iPET: T plus pseudo-labeled examples).
@@ -275,44 +268,40 @@ def train_pet_model(config: Config, lm: Any, params: Any, pattern: PatternData, 
     is one of the run's final models, jaxpet.pipelines.model_saving).
     """
     from jaxpet.pipelines import model_saving
-    if getattr(pattern, "multi_token", False):
-        from jaxpet.pipelines.multitoken import train_multitoken_model
 
-        return train_multitoken_model(config, lm, params, pattern, data, mesh, folder,
-                                      repetition, train_arrays, final)
     if (folder / "results.json").exists():
         model_saving.check_reused(config, folder, final)
         print(f"{folder.name}: results.json exists, reusing it")
         return outputs.read_json(folder / "results.json")
-    settings, seed = config.pet, config.seed + repetition
+    settings, seed, scorer = config.pet, config.seed + repetition, pattern.scorer
+    if settings.lm_training and not scorer.supports_mlm:
+        raise ValueError(f"config key 'pet.lm_training' is not supported for "
+                         f"{scorer.describe()} of task {data.name!r}; set it to false")
     train_set = dict(pattern.train if train_arrays is None else train_arrays)
-    train_labels = train_set["labels"]
-    zero_shot_member = settings.max_steps == 0 or len(train_labels) == 0
-    print(f"{folder.name}: {'evaluating' if zero_shot_member else 'training'} pattern "
-          f"{pattern.pattern_id}, seed {seed}, {len(train_labels)} training examples")
-    on_train = lambda p: (  # noqa: E731
-        predict_logits(config, pattern.logits_fn, p, train_set, mesh) if len(train_labels)
-        else np.zeros((0, len(data.labels)), np.float32))
-    before = on_train(params)
+    num_train = len(train_set["labels"])
+    untrained = settings.max_steps == 0 or num_train == 0
+    print(f"{folder.name}: {'evaluating' if untrained else 'training'} {scorer.describe()}, "
+          f"seed {seed}, {num_train} training examples")
+    before = labeled_set_accuracy(config, pattern, params, train_set, data, mesh)
     trained, seconds = params, 0.0
     # trained together with other members (jaxpet.pipelines.parallel_members)
     if pretrained is not None:
         trained, seconds = pretrained
-    elif not zero_shot_member:
-        loss_fn = pattern_loss(config, lm, pattern)
+    elif not untrained:
         groups = training_groups(config, pattern, train_set, seed)
-        trained, seconds = train(config, settings, loss_fn, params, groups, mesh, folder, seed)
+        trained, seconds = train(config, settings, scorer.loss_fn(), params, groups, mesh,
+                                 folder, seed)
     metrics = evaluate_member(config, pattern, trained, data, mesh, folder)
-    after = on_train(trained)
-    if pattern.unlabeled is not None:
-        outputs.write_npy(folder / "unlabeled_logits.npy", predict_logits(
-            config, pattern.logits_fn, trained, pattern.unlabeled, mesh))
+    after = labeled_set_accuracy(config, pattern, trained, train_set, data, mesh)
+    if pattern.unlabeled_eval is not None:
+        outputs.write_npy(folder / "unlabeled_logits.npy", pattern_scores(
+            config, pattern, trained, pattern.unlabeled_eval, data.unlabeled, mesh)[0])
     results = {
         "pattern_id": pattern.pattern_id, "repetition": repetition, "seed": seed,
-        "train_set_before_training": accuracy(before, train_labels),
-        "train_set_after_training": accuracy(after, train_labels),
+        **scorer.result_fields(),
+        "train_set_before_training": before, "train_set_after_training": after,
         "eval_set": config.task.eval_set, "metrics": metrics,
-        "train_time_s": seconds, "num_train": len(train_labels), "num_eval": len(data.eval),
+        "train_time_s": seconds, "num_train": num_train, "num_eval": len(data.eval),
         "num_unlabeled": len(data.unlabeled)}
     # the model before results.json: a finished folder always holds the model it should
     model_saving.save_member(config, lm, trained, data, pattern, folder, final)
@@ -320,18 +309,19 @@ def train_pet_model(config: Config, lm: Any, params: Any, pattern: PatternData, 
     return results
 
 
-def evaluate_member(config: Config, pattern: Any, params: Any, data: TaskData, mesh: Any,
-                    folder: Path) -> dict[str, float]:
-    """Scores the eval set with one member's `params` (single- or multi-token pattern), writes
-    eval_logits.npy and predictions.jsonl to `folder`; returns the eval metrics. Training and
-    method evaluate (jaxpet.pipelines.evaluate) both score a member through it."""
-    if getattr(pattern, "multi_token", False):
-        from jaxpet.pipelines.multitoken import evaluate_multitoken_member
+train_pet_model = train_member  # the name the pipelines used before the Scorer
 
-        return evaluate_multitoken_member(config, pattern, params, data, mesh, folder)
-    eval_logits = predict_logits(config, pattern.logits_fn, params, pattern.eval, mesh)
-    write_predictions(folder, "eval", data.eval, data.labels, eval_logits)
-    return evaluate_logits(data.name, data.labels, data.eval, eval_logits)
+
+def evaluate_member(config: Config, pattern: PatternData, params: Any, data: TaskData,
+                    mesh: Any, folder: Path) -> dict[str, float]:
+    """Scores the eval set with one member's `params`, writes eval_logits.npy and
+    predictions.jsonl to `folder`; returns the eval metrics. Training and method evaluate
+    (jaxpet.pipelines.evaluate) both score a member through it."""
+    scores_NxC, texts = pattern_scores(config, pattern, params, pattern.eval, data.eval, mesh)
+    outputs.write_npy(folder / "eval_logits.npy", scores_NxC)
+    outputs.write_jsonl(folder / "predictions.jsonl", pattern.scorer.prediction_records(
+        data.eval, data.labels, scores_NxC, texts))
+    return evaluate_scores(data.name, data.labels, data.eval, scores_NxC)
 
 
 def accuracy(logits_NxL: np.ndarray, labels_N: np.ndarray) -> float:
@@ -366,8 +356,7 @@ def prepare_pet(config: Config, data: TaskData, mesh: Any,
     lm = load_model(config, "mlm")  # run() has already checked the T5 options (check_models)
     patterns = share_logits_fns([prepare_pattern(config, lm, data, p)
                                  for p in settings.pattern_ids])
-    if lm.head == "seq2seq":
-        check_t5_memory(config, lm, patterns)
+    check_decoder_memory(config, lm, patterns)
     results: dict[str, Any] = {}
     lm = dataclasses.replace(lm, params=place_params(lm.params, mesh))  # frees the unplaced copy
     params = lm.params
@@ -405,7 +394,7 @@ def train_ensemble(config: Config, lm: Any, params: Any, patterns: Sequence[Patt
     for pattern in patterns:
         for repetition in range(config.pet.repetitions):
             folder = outputs.member_dir(out, pattern.pattern_id, repetition)
-            members[folder.name] = train_pet_model(
+            members[folder.name] = train_member(
                 config, lm, params, pattern, data, mesh, folder, repetition,
                 None if train_sets is None else train_sets[folder.name],
                 trained.get(folder.name), final)

@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxpet.config import Config, ConfigError, TrainingConfig
 from jaxpet.data.example import Example
-from jaxpet.metrics import compute_metrics, task_metrics
+from jaxpet.metrics import compute_metrics, record_accuracy, task_metrics
 from jaxpet.runs import outputs
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -251,6 +251,22 @@ def evaluate_logits(task_name: str, labels: Sequence[str], examples: Sequence[Ex
         question_ids = [(e.meta.get("passage_idx"), e.meta["question_idx"]) for e in examples]
     return compute_metrics(task_metrics(task_name), label_indices(examples, labels),
                            np.argmax(logits_NxL, axis=-1), question_ids)
+
+
+def evaluate_scores(task_name: str, labels: Sequence[str], examples: Sequence[Example],
+                    scores_NxC: np.ndarray) -> dict[str, float]:
+    """The task's metrics of label scores [N, C] (single members or merged ensembles): ReCoRD
+    accuracy (the top candidate, meta["candidates"], is one of meta["answers"]); otherwise
+    score c is label c, so the argmax is compared with the examples' labels."""
+    if task_name.lower() == "record":
+        is_gold_NxC = np.zeros(scores_NxC.shape, dtype=bool)
+        for i, e in enumerate(examples):
+            answers = set(e.meta.get("answers") or [])
+            for c, candidate in enumerate(e.meta["candidates"]):
+                is_gold_NxC[i, c] = candidate in answers
+        return {name: record_accuracy(scores_NxC, is_gold_NxC)
+                for name in task_metrics(task_name)}
+    return evaluate_logits(task_name, labels, examples, scores_NxC)
 
 
 def write_predictions(folder: Path, prefix: str, examples: Sequence[Example],
