@@ -285,6 +285,12 @@ def test_forward_passes_run_on_the_documented_row_counts():
     got = make_multi_mask_decoder(recording_apply)(PARAMS, ids, attn, pos, tgt)
     _check(np.asarray(got), expected)
     assert rows == [NUM_EX * K_MAX, 2, 2]
+    # reuse_first_pass=False: the first pass runs on all N * C rows
+    rows.clear()
+    got = multi_mask_decode(partial(recording_apply, PARAMS), ids, attn, pos, tgt,
+                            reuse_first_pass=False)
+    _check(np.asarray(got), expected)
+    assert rows == [NUM_EX * NUM_CAND, 2, 2]
     # Two blocks of 4 rows (sizes 4, 2, 1 per block): the busiest block sets the size.
     rows.clear()
     got = make_multi_mask_decoder(recording_apply, row_blocks=2)(PARAMS, ids, attn, pos, tgt)
