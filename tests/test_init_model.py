@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from multiprocess_worker import FAST_XLA_FLAGS
 
 from jaxpet.init_model import FAMILIES, init_model, random_model
 
@@ -77,11 +78,12 @@ assert main(["init-model", "t5", f"{out}/t5"]) == 0
 assert main(["init-model", "bert", f"{out}/bert"]) == 0
 assert main(["train", "--config", "configs/t5_tiny_offline.yaml", f"model.name={out}/t5",
              f"output_dir={out}/t2t", "text2text.max_steps=2", "text2text.eval_examples=6",
-             "checkpoint.every=0"]) == 0
+             "checkpoint.every=0", f"compilation_cache={out}/xla"]) == 0
 assert main(["train", "--config", "configs/pet_t5_tiny_offline.yaml", f"model.name={out}/t5",
              f"output_dir={out}/pet", "classifier.model=" + f"{out}/bert", "pet.pattern_ids=[0]",
              "pet.max_steps=2", "classifier.max_steps=2", "task.train_examples=8",
-             "task.unlabeled_examples=8", "task.test_examples=8", "eval.zero_shot=false"]) == 0
+             "task.unlabeled_examples=8", "task.test_examples=8", "eval.zero_shot=false",
+             f"compilation_cache={out}/xla"]) == 0
 print(json.dumps({"torch_imported": sys.modules.get("torch") is not None}))
 """
 
@@ -92,8 +94,11 @@ def _jsonl(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_tiny_t5_configs_run_from_init_model_with_torch_absent(tmp_path):
-    # one CPU device, as on a user's laptop (the test session fakes 8)
+    # one CPU device, as on a user's laptop (the test session fakes 8); XLA's quick CPU compile
+    # (the assertions compare the run's reports with its own saved predictions); the runs'
+    # compilation caches in tmp_path, not the user's ~/.cache
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = FAST_XLA_FLAGS
     done = subprocess.run([sys.executable, "-c", NO_TORCH_RUN, str(tmp_path)], cwd=ROOT,
                           capture_output=True, text=True, timeout=900, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
