@@ -14,6 +14,7 @@ the start of a file is dropped; every other malformed line raises `DataFileError
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import os
@@ -84,7 +85,6 @@ def read_delimited(
 
 def _undecodable_line(path: str, encoding: str) -> int | None:
     """The 1-based line of the first byte that `encoding` cannot decode, or None."""
-    import codecs
 
     decoder = codecs.getincrementaldecoder(encoding)()
     with open(path, "rb") as f:

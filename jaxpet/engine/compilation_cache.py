@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 
 # JAX caches only programs that took at least a second to compile by default; a few-shot run is
 # mostly programs below that (small eval and MLM steps, every eager op), so a rerun would still
@@ -17,7 +18,6 @@ def enable_compilation_cache(path: str) -> None:
     """Points JAX's persistent compilation cache at `path` ("" leaves JAX's settings alone)."""
     if not path:
         return
-    from jax.experimental.compilation_cache import compilation_cache
 
     path = str(Path(path).expanduser())
     jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -36,8 +37,6 @@ def register_pvp(
 
 
 def _with_verbalizer(pvp: PVP, verbalizer: Any) -> PVP:
-    import copy
-
     clone = copy.copy(pvp)
     clone.verbalizer = verbalizer
     verbalizer.check_labels(clone.labels, f"verbalizer override for {pvp.task_name}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import yaml
 
 VerbalizerSpec = Mapping[str, str | Sequence[str]] | str | os.PathLike | None
 
@@ -85,8 +86,6 @@ def load_verbalizer(spec: VerbalizerSpec, pattern_id: int) -> Verbalizer | None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"verbalizer file {path!r} does not exist")
     if path.endswith((".yaml", ".yml", ".json")):
-        import yaml
-
         with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
         if not isinstance(data, Mapping) or not data:

@@ -18,6 +18,8 @@ from typing import Any
 
 from jaxpet.atomic import remove_leftovers
 from jaxpet.config import Config, ConfigError, to_dict
+from jaxpet.data.hf_dataset import local_folder
+from jaxpet.runs.outputs import write_json
 
 FINGERPRINT_FILE = "fingerprint.json"
 # Files a run writes before any result; a folder holding only these holds nothing to reuse.
@@ -129,7 +131,6 @@ def run_fingerprint(config: Config) -> dict[str, Any]:
     if config.task.data_dir or config.task.hf_dataset is None:
         values.update(folder_identity(config.task.data_dir, "task.data_dir:files"))
     if config.task.hf_dataset is not None:  # a save_to_disk folder: its files (a hub name: as is)
-        from jaxpet.data.hf_dataset import local_folder
 
         folder = local_folder(config.task.hf_dataset)
         if folder is not None:
@@ -199,8 +200,6 @@ def claim_folder(folder: Path, current: Mapping[str, Any], overwrite: bool,
 
 
 def write_fingerprint(folder: Path, fingerprint: Mapping[str, Any]) -> Path:
-    from jaxpet.runs.outputs import write_json
-
     return write_json(folder / FINGERPRINT_FILE, dict(fingerprint))
 
 

@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import jax
+
 from jaxpet.config import ConfigError
 
 LOCK_FILE = ".jaxpet.lock"
@@ -31,8 +33,6 @@ class RunLock:
 
     def acquire(self) -> None:
         if self.enabled is None:
-            import jax
-
             self.enabled = jax.process_index() == 0
         if not self.enabled:
             return

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from jaxpet.atomic import atomic_folder
+from jaxpet.models.pretrained import write_model_files
 
 CARD_FILE = "jaxpet.json"
 CARD_FORMAT = 1
@@ -84,7 +85,6 @@ def write_card(folder: str | os.PathLike, card: ModelCard) -> Path:
 def write_model(folder: str | os.PathLike, lm: object, card: ModelCard) -> Path:
     """Writes the model files of `lm` (a jaxpet.models.LoadedModel holding the trained params)
     and its card into `folder`, atomically; an existing folder of that name is replaced."""
-    from jaxpet.models.pretrained import write_model_files
 
     with atomic_folder(folder) as partial:
         write_model_files(lm, partial)

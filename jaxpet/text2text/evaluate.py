@@ -12,6 +12,8 @@ import numpy as np
 
 from jaxpet.config import DEFAULT_METRIC, Config, Text2TextConfig
 from jaxpet.decoding.seq2seq import generate, strip_after_eos
+from jaxpet.engine.training import predict
+from jaxpet.models import LoadedModel
 from jaxpet.runs import outputs
 from jaxpet.scoring.seq2seq import make_t5_label_scores_fn, pad_targets
 from jaxpet.text2text import metrics as t2t_metrics
@@ -65,8 +67,6 @@ def label_strings(section: Text2TextConfig) -> list[str]:
 def generate_texts(lm: Any, params: Any, arrays: Mapping[str, np.ndarray],
                    section: Text2TextConfig, batch_size: int, mesh: Any) -> list[str]:
     """Greedy / beam outputs of every row, decoded to strings (one compiled program)."""
-    from jaxpet.engine.training import predict
-    from jaxpet.models import LoadedModel
 
     steps = section.max_new_tokens or section.max_target_length
 
@@ -84,7 +84,6 @@ def generate_texts(lm: Any, params: Any, arrays: Mapping[str, np.ndarray],
 def rank_scores(lm: Any, params: Any, arrays: Mapping[str, np.ndarray], labels: Sequence[str],
                 batch_size: int, mesh: Any) -> np.ndarray:
     """[N, L] sum log p of every label string (with its EOS) given each input."""
-    from jaxpet.engine.training import predict
 
     tokens = lm.tokenizer(list(labels), add_special_tokens=True)["input_ids"]
     ids_LxT, mask_LxT = pad_targets(tokens, pad_id=lm.config.pad_token_id)

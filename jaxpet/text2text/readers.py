@@ -10,6 +10,8 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from jaxpet.data.hf_dataset import load_splits
+
 Record = dict[str, Any]
 
 
@@ -160,7 +162,6 @@ def read_hf_dataset(path: str, split: str, name: str | None = None) -> list[Reco
     """The records (one dict per row) of `split` of a Hugging Face dataset: a save_to_disk
     folder or a hub name (needs jaxpet[datasets]). A ClassLabel column gives its label names,
     as a text-to-text target wants them."""
-    from jaxpet.data.hf_dataset import load_splits
 
     splits = load_splits(path, name, key="text2text.reader_options")
     if split not in splits:

@@ -12,6 +12,7 @@ config.yaml, metrics.jsonl, predictions.jsonl, results.json, checkpoints/ and mo
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -24,9 +25,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpet.config import Config, to_yaml
+from jaxpet.data.batching import Batcher
+from jaxpet.data.hf_dataset import local_folder
 from jaxpet.decoding.seq2seq import shift_right
+from jaxpet.engine.checkpoint import Checkpointer
+from jaxpet.engine.compilation_cache import enable_compilation_cache
+from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer
+from jaxpet.engine.training import Trainer, fit
 from jaxpet.losses import seq2seq_loss
-from jaxpet.runs import outputs
+from jaxpet.models import load_pretrained
+from jaxpet.runs import fingerprint, outputs
+from jaxpet.runs.lock import RunLock
 from jaxpet.text2text.config import load_text2text_config
 from jaxpet.text2text.data import (
     check_data_files,
@@ -68,10 +77,6 @@ def make_seq2seq_loss(apply_fn: Callable, *, start_id: int = 0, pad_id: int = 0,
 def _train(config: Config, lm: Any, arrays: dict[str, np.ndarray], mesh: Any,
            out: Path, compiler_options: dict[str, Any] | None = None
            ) -> tuple[Any, int, float]:
-    from jaxpet.data.batching import Batcher
-    from jaxpet.engine.checkpoint import Checkpointer
-    from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer
-    from jaxpet.engine.training import Trainer, fit
     from jaxpet.pipelines.pet import num_updates
 
     section = config.text2text
@@ -122,8 +127,6 @@ def save_model(lm: Any, params: Any, folder: Path) -> None:
 
 
 def load_model(config: Config) -> Any:
-    from jaxpet.models import load_pretrained
-
     lm = load_pretrained(config.model.name, head="seq2seq", dtype=jnp.dtype(config.model.dtype),
                          seed=config.seed)
     if lm.tokenizer is None:
@@ -136,12 +139,10 @@ def load_model(config: Config) -> Any:
 def run_fingerprint(config: Config) -> dict[str, Any]:
     """What determines a text2text run's results (see jaxpet.runs.fingerprint): its config values
     but the EXCLUDED ones, its data files, its model checkpoint's files and jaxpet's version."""
-    from jaxpet.runs import fingerprint
 
     values = fingerprint.config_values(config)
     section = config.text2text
     if section.reader == "hf_dataset":  # a save_to_disk folder: its files (a hub name: as is)
-        from jaxpet.data.hf_dataset import local_folder
 
         folder = local_folder(section.reader_options)
         if folder is not None:
@@ -159,7 +160,6 @@ def start_folder(config: Config, out: Path, overwrite: bool) -> None:
     """As jaxpet.pipelines.pet.start_folder: stops before any work when `out` holds results of a run
     with another fingerprint (`overwrite` deletes them instead), then stores the config and
     its fingerprint."""
-    from jaxpet.runs import fingerprint
     current = run_fingerprint(config)
     fingerprint.claim_folder(out, current, overwrite, jax.process_index() == 0)
     if jax.process_index() == 0:
@@ -183,7 +183,6 @@ def run(config: Any, output_dir: str | os.PathLike | None = None, *,
     CPU tests).
     """
     from jaxpet.pipelines.pet import check_output_dir
-    from jaxpet.runs.lock import RunLock
 
     start = time.perf_counter()
     config = load_text2text_config(config, output_dir=output_dir)
@@ -199,7 +198,6 @@ def run(config: Any, output_dir: str | os.PathLike | None = None, *,
 def _run_in_folder(config: Config, out: Path, start: float,
                    compiler_options: dict[str, Any] | None) -> dict[str, Any]:
     """run() once the output folder is locked and its fingerprint checked."""
-    from jaxpet.engine.compilation_cache import enable_compilation_cache
     from jaxpet.pipelines.pet import build_mesh, check_batch_sizes
 
     section = config.text2text
@@ -240,7 +238,6 @@ def _run_in_folder(config: Config, out: Path, start: float,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m jaxpet.text2text --config FILE.yaml [key=value ...]`."""
-    import argparse
 
     parser = argparse.ArgumentParser(prog="python -m jaxpet.text2text",
                                      description="Fine-tune and evaluate a T5 text-to-text model.")
