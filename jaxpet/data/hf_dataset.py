@@ -293,7 +293,7 @@ def with_dataset(spec: TaskSpec, cfg: Any) -> TaskSpec:
 def register_hf_task(name: str, definition: Mapping[str, Any], cfg: Any) -> TaskSpec:
     """Registers the config-defined task `name` (task.definition: its `labels`; the file keys
     are not used) reading its splits from the dataset `cfg` (task.hf_dataset)."""
-    from jaxpet.data.tasks import register_task
+    from jaxpet.data.tasks import register_task  # tasks imports this module's readers
 
     labels = definition.get("labels") if isinstance(definition, Mapping) else None
     if isinstance(labels, str) or not labels or not all(

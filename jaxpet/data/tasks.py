@@ -197,6 +197,8 @@ def _split_file(spec: TaskSpec, data_dir: str | os.PathLike | None, split: str,
 
 
 def _register_builtins() -> None:
+    # the reader modules register through this module's register_task: importing them at the
+    # top would be a cycle
     from jaxpet.data import readers_superglue, readers_text
 
     for module in (readers_text, readers_superglue):

@@ -411,7 +411,7 @@ def check_fits(estimate: MemoryEstimate, device_memory_bytes: float,
 
 def device_memory_bytes(device=None) -> int | None:
     """Bytes a JAX device may allocate (`memory_stats()['bytes_limit']`), None if unknown."""
-    import jax
+    import jax  # the estimate itself is arithmetic; only the device query needs JAX
 
     device = device or jax.local_devices()[0]
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None

@@ -275,7 +275,7 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self) -> None:
-        from jaxpet.models.albert import AlbertLayerGroups
+        from jaxpet.models.albert import AlbertLayerGroups  # albert builds on this module
 
         cfg = self.config
         self.embeddings = Embeddings(cfg, self.dtype)

@@ -13,11 +13,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from jaxpet.atomic import atomic_folder
-from jaxpet.models import convert
+from jaxpet.models import convert, t5_convert
 from jaxpet.models.config import SUPPORTED_MODEL_TYPES, EncoderConfig
 from jaxpet.models.heads import EncoderForMaskedLM, EncoderForSequenceClassification
+
+# transformers and huggingface_hub are imported where a tokenizer, a config or a download is
+# needed: they take seconds to load, and the model code and `import jaxpet.models` need neither.
+
 
 ENCODER_HEADS = ("mlm", "classifier")
 _T5_TYPES = ("t5", "mt5")
@@ -25,6 +31,7 @@ _TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
     "sentencepiece.bpe.model",
 )
+
 _HF_CLASS_PREFIX = {"bert": "Bert", "roberta": "Roberta", "xlm-roberta": "XLMRoberta",
                     "albert": "Albert"}
 _HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer*",
@@ -126,8 +133,6 @@ def resolve_folder(name_or_path: str | os.PathLike) -> Path:
 
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="numpy") as f:
             return {k: f.get_tensor(k) for k in f.keys()}
@@ -228,8 +233,6 @@ def load_pretrained(
             f"{expected}, not head={head!r}"
         )
     if is_t5:
-        from jaxpet.models import t5_convert
-
         module, params, t5_config = t5_convert.load_t5(str(folder), dtype=dtype)
         return LoadedModel(module, params, t5_config, load_tokenizer(folder))
     from transformers import AutoConfig
@@ -288,11 +291,8 @@ def save_pretrained(lm: LoadedModel, out_dir: str | os.PathLike) -> Path:
 
 def write_model_files(lm: LoadedModel, out: Path) -> None:
     """The files of save_pretrained, written into the existing folder `out`."""
-    from safetensors.numpy import save_file
 
     if lm.head == "seq2seq":
-        from jaxpet.models import t5_convert
-
         t5_convert.save_t5(lm, str(out))
         if lm.tokenizer is not None:
             lm.tokenizer.save_pretrained(str(out))

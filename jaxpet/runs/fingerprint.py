@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import jaxpet
 from jaxpet.atomic import remove_leftovers
 from jaxpet.config import Config, ConfigError, to_dict
 from jaxpet.data.hf_dataset import local_folder
@@ -117,8 +118,6 @@ def model_identity(name: str, key: str = "model.name") -> dict[str, str]:
 def config_values(config: Config) -> dict[str, Any]:
     """The flat config values a run's results depend on: the sections its method reads, minus
     EXCLUDED, plus jaxpet's version."""
-    import jaxpet
-
     values = {k: v for k, v in _flatten(to_dict(config)).items() if not _excluded(k)}
     values = json.loads(json.dumps(values, default=str))  # tuples -> lists, as stored
     values["jaxpet_version"] = jaxpet.__version__

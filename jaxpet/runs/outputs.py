@@ -71,7 +71,7 @@ class MetricsWriter:
     """
 
     def __init__(self, directory: str | os.PathLike, tensorboard: bool = False):
-        import jax
+        import jax  # deferred: `jaxpet report` reads run folders without loading JAX
 
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -151,9 +151,3 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
-
-def results_table(results: Mapping[str, Any]) -> str:
-    """A Markdown table of a run's results.json (see jaxpet.runs.report)."""
-    from jaxpet.runs.report import results_table as table
-
-    return table(results)

@@ -110,7 +110,7 @@ def plot(results: Mapping[str, Any], path: Path) -> Path | None:
     rows = summary_rows(results)
     if not rows:
         return None
-    import matplotlib
+    import matplotlib  # only the plot needs it, and it takes a second to load
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

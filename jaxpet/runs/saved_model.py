@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import jaxpet
 from jaxpet.atomic import atomic_folder
 from jaxpet.models.pretrained import write_model_files
 
@@ -75,8 +76,6 @@ def write_card(folder: str | os.PathLike, card: ModelCard) -> Path:
     """Writes `jaxpet.json` into an existing folder (one being filled by `write_model`)."""
     path = Path(folder) / CARD_FILE
     if not card.jaxpet_version:
-        import jaxpet
-
         card = ModelCard(**{**asdict(card), "jaxpet_version": jaxpet.__version__})
     path.write_text(card_to_json(card))
     return path

@@ -22,7 +22,7 @@ def _check_lengths(predictions: Sequence, references: Sequence, name: str) -> No
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Corpus BLEU with sacrebleu (international tokenisation, exp smoothing, as T5 evaluates)."""
-    import sacrebleu
+    import sacrebleu  # each metric's library loads only when that metric is asked for
 
     _check_lengths(predictions, references, "bleu")
     result = sacrebleu.corpus_bleu(list(predictions), [list(references)], smooth_method="exp",
@@ -47,7 +47,7 @@ def rouge(predictions: Sequence[str], references: Sequence[str],
           types: Sequence[str] = ("rouge1", "rouge2", "rougeLsum")) -> dict[str, float]:
     """Mean ROUGE F-measures (rouge-score, Porter stemming); for rougeLsum predictions and
     references are split into one sentence per line (sentence_lines)."""
-    from rouge_score import rouge_scorer
+    from rouge_score import rouge_scorer  # loaded on use, as sacrebleu
 
     _check_lengths(predictions, references, "rouge")
     scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=True)
@@ -107,7 +107,7 @@ def to_float(text: str, default: float = -1.0) -> float:
 
 def correlations(predictions: Sequence, references: Sequence) -> dict[str, float]:
     """Pearson and Spearman correlation x100 (STS-B); string predictions are parsed as floats."""
-    from scipy import stats
+    from scipy import stats  # loaded on use, as sacrebleu
 
     _check_lengths(predictions, references, "correlations")
     pred = np.array([to_float(p) if isinstance(p, str) else float(p) for p in predictions])
