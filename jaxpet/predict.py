@@ -318,12 +318,14 @@ def card_config(card: ModelCard, folder: Path, batch_size: int | None) -> Any:
     from omegaconf import OmegaConf
 
     from jaxpet.config import Config, merge_config
+    from jaxpet.config.load import fill_unread
 
     if not card.config:
         raise SavedModelError(f"{folder / 'jaxpet.json'}: no run config; jaxpet predict needs "
                               "the config of the run that trained the model")
     merged = merge_config(OmegaConf.structured(Config), OmegaConf.create(card.config),
                           f"{folder / 'jaxpet.json'} (config)")
+    fill_unread(merged, merged.method)  # sections the run's method does not read
     config = OmegaConf.to_object(merged)
     if config.eval.priming:
         raise SavedModelError(f"{folder / 'jaxpet.json'}: trained with eval.priming, whose "

@@ -70,9 +70,11 @@ def member_config(config: Config, card: Any, folder: Path) -> Config:
     from omegaconf import OmegaConf
 
     from jaxpet.config import merge_config
+    from jaxpet.config.load import fill_unread
 
     merged = merge_config(OmegaConf.structured(Config), OmegaConf.create(card.config),
                           f"{folder / 'jaxpet.json'} (config)")
+    fill_unread(merged, merged.method)  # sections the run's method does not read
     trained: Config = OmegaConf.to_object(merged)
     if card.task != config.task.name:
         raise ConfigError(f"{folder / 'jaxpet.json'}: the model was trained on task "
