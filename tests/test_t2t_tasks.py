@@ -7,7 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from jaxpet import t2t_metrics, t2t_readers, t2t_tasks
+from jaxpet.text2text import metrics as t2t_metrics
+from jaxpet.text2text import readers as t2t_readers
+from jaxpet.text2text import tasks as t2t_tasks
 from jaxpet.text2text.tasks import TextPair
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "t2t")
