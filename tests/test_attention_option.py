@@ -65,7 +65,7 @@ def test_cudnn_attention_refuses_to_train_with_attention_dropout():
 
 
 def test_unknown_attention_kernel_is_refused():
-    with pytest.raises(ValueError, match="attention must be 'xla' or 'cudnn'"):
+    with pytest.raises(ValueError, match="attention must be 'xla', 'cudnn' or 'pallas'"):
         EncoderConfig(**CONFIG, attention="flash")
 
 

@@ -176,9 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="hidden and attention dropout of the benchmark model")
     train.add_argument("--attention-dropout", type=float, default=None,
                        help="attention-probability dropout (default: --dropout)")
-    train.add_argument("--attention", default="xla", choices=["xla", "cudnn"],
+    train.add_argument("--attention", default="xla", choices=["xla", "cudnn", "pallas"],
                        help="attention kernel of jaxpet's model (cudnn: NVIDIA GPUs, "
-                            "no attention dropout)")
+                            "no attention dropout; pallas: fused kernel with hashed "
+                            "attention dropout, interpreted on CPU)")
     train.add_argument("--prng-impl", default=None,
                        choices=["threefry2x32", "rbg", "unsafe_rbg"],
                        help="key type of jaxpet's random bits (default: JAX's, threefry2x32)")

@@ -72,8 +72,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype: float32, bfloat16 or float16; master weights stay fp32
     remat: bool = False  # recompute layer activations in the backward pass to save memory
     remat_policy: str = "full"  # with remat: "full" keeps layer inputs, "dots" also matmul outputs
-    # "xla" (any backend) or "cudnn": cuDNN's fused flash attention on NVIDIA GPUs, which stores
-    # no [S, S] scores and has no attention-probability dropout (needs attention_dropout: 0)
+    # "xla" (any backend), "cudnn": cuDNN's fused flash attention on NVIDIA GPUs, which stores
+    # no [S, S] scores and has no attention-probability dropout (needs attention_dropout: 0),
+    # or "pallas": jaxpet's fused flash kernel with hashed attention dropout (interpreted on CPU)
     attention: str = "xla"
     # attention-probability dropout; null keeps the checkpoint's (attention_probs_dropout_prob)
     attention_dropout: Optional[float] = None  # noqa: UP045 - OmegaConf needs Optional

@@ -125,7 +125,7 @@ def validate(config: Config) -> None:
         raise ConfigError("a config-defined task needs all of 'task.definition', "
                           "'task.patterns' and 'task.verbalizer'")
     _check_choice(config.model.remat_policy, ("full", "dots"), "model.remat_policy")
-    _check_choice(config.model.attention, ("xla", "cudnn"), "model.attention")
+    _check_choice(config.model.attention, ("xla", "cudnn", "pallas"), "model.attention")
     if config.model.attention == "cudnn" and config.model.attention_dropout != 0:
         raise ConfigError("model.attention 'cudnn' has no attention-probability dropout: set "
                           "'model.attention_dropout: 0' too (or use model.attention 'xla')")

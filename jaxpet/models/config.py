@@ -60,14 +60,18 @@ class EncoderConfig:
     remat_policy: str = "full"
     # "xla": attention as XLA ops (any backend); "cudnn": cuDNN's fused flash attention (NVIDIA
     # GPUs; key padding as lengths, so inputs must be right-padded, as jaxpet encodes them; no
-    # attention-probability dropout, so attention_probs_dropout_prob must be 0 to train)
+    # attention-probability dropout, so attention_probs_dropout_prob must be 0 to train);
+    # "pallas": jaxpet's fused flash kernel with hashed attention dropout
+    # (jaxpet.models.pallas_attention; interpreted on CPU, compiled on GPU/TPU)
     attention: str = "xla"
     # Everything else from the HF config (id2label, architectures, ...) for a faithful round trip.
     hf_extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.attention not in ("xla", "cudnn"):
-            raise ValueError(f"attention must be 'xla' or 'cudnn', got {self.attention!r}")
+        if self.attention not in ("xla", "cudnn", "pallas"):
+            raise ValueError(
+                f"attention must be 'xla', 'cudnn' or 'pallas', got {self.attention!r}"
+            )
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(
                 f"unsupported model_type {self.model_type!r}; jaxpet encoders support "

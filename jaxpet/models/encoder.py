@@ -177,6 +177,17 @@ class SelfAttention(nn.Module):
                 key_value_seq_lengths=mask_BxS.astype(jnp.int32).sum(axis=-1),
                 implementation="cudnn",
             )
+        elif cfg.attention == "pallas":
+            from jaxpet.models.pallas_attention import pallas_attention
+
+            if self.deterministic or rate == 0.0:
+                ctx_BxSxNxK = pallas_attention(q_BxSxNxK, k_BxSxNxK, v_BxSxNxK, mask_BxS)
+            else:
+                # The hash's seed comes from the layer's dropout rng, which the step already
+                # folds in, so the mask is the same on resume at the same step.
+                seed = jax.random.bits(self.make_rng("dropout"), (), jnp.uint32)
+                ctx_BxSxNxK = pallas_attention(q_BxSxNxK, k_BxSxNxK, v_BxSxNxK, mask_BxS,
+                                               dropout_rate=rate, seed=seed)
         elif self.deterministic or rate == 0.0:
             ctx_BxSxNxK = jax.nn.dot_product_attention(
                 q_BxSxNxK, k_BxSxNxK, v_BxSxNxK, mask=keep_Bx1x1xS
