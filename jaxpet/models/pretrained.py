@@ -20,6 +20,7 @@ from jaxpet.atomic import atomic_folder
 from jaxpet.models import convert, t5_convert
 from jaxpet.models.config import SUPPORTED_MODEL_TYPES, EncoderConfig
 from jaxpet.models.heads import EncoderForMaskedLM, EncoderForSequenceClassification
+from jaxpet.models.t5_config import T5Config
 
 # transformers and huggingface_hub are imported where a tokenizer, a config or a download is
 # needed: they take seconds to load, and the model code and `import jaxpet.models` need neither.
@@ -45,7 +46,7 @@ class LoadedModel:
 
     module: nn.Module
     params: Any
-    config: Any
+    config: EncoderConfig | T5Config
     tokenizer: Any = None
 
     @property

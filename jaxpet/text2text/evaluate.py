@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxpet.config import DEFAULT_METRIC, Config, Text2TextConfig
 from jaxpet.decoding.seq2seq import generate, strip_after_eos
@@ -64,8 +65,8 @@ def label_strings(section: Text2TextConfig) -> list[str]:
                      f"rank_classification with format {section.format!r}")
 
 
-def generate_texts(lm: Any, params: Any, arrays: Mapping[str, np.ndarray],
-                   section: Text2TextConfig, batch_size: int, mesh: Any) -> list[str]:
+def generate_texts(lm: LoadedModel, params: Any, arrays: Mapping[str, np.ndarray],
+                   section: Text2TextConfig, batch_size: int, mesh: Mesh) -> list[str]:
     """Greedy / beam outputs of every row, decoded to strings (one compiled program)."""
 
     steps = section.max_new_tokens or section.max_target_length
@@ -81,8 +82,8 @@ def generate_texts(lm: Any, params: Any, arrays: Mapping[str, np.ndarray],
     return [t.strip() for t in lm.tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
-def rank_scores(lm: Any, params: Any, arrays: Mapping[str, np.ndarray], labels: Sequence[str],
-                batch_size: int, mesh: Any) -> np.ndarray:
+def rank_scores(lm: LoadedModel, params: Any, arrays: Mapping[str, np.ndarray],
+                labels: Sequence[str], batch_size: int, mesh: Mesh) -> np.ndarray:
     """[N, L] sum log p of every label string (with its EOS) given each input."""
 
     tokens = lm.tokenizer(list(labels), add_special_tokens=True)["input_ids"]
@@ -94,7 +95,7 @@ def rank_scores(lm: Any, params: Any, arrays: Mapping[str, np.ndarray], labels: 
     return predict(fn, params, inputs, batch_size, mesh)
 
 
-def evaluate(config: Config, lm: Any, params: Any, mesh: Any, out: Path,
+def evaluate(config: Config, lm: LoadedModel, params: Any, mesh: Mesh, out: Path,
              split: tuple[list[dict[str, Any]], list[t2t_tasks.TextPair]] | None = None
              ) -> dict[str, Any]:
     """Decodes the evaluation file (or `split`, from read_eval_split), scores it and writes

@@ -23,6 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxpet.config import Config, to_yaml
 from jaxpet.data.batching import Batcher
@@ -33,7 +34,7 @@ from jaxpet.engine.compilation_cache import enable_compilation_cache
 from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer
 from jaxpet.engine.training import Trainer, fit
 from jaxpet.losses import seq2seq_loss
-from jaxpet.models import load_pretrained
+from jaxpet.models import LoadedModel, load_pretrained
 from jaxpet.runs import fingerprint, outputs
 from jaxpet.runs.lock import RunLock
 from jaxpet.text2text.config import load_text2text_config
@@ -74,7 +75,7 @@ def make_seq2seq_loss(apply_fn: Callable, *, start_id: int = 0, pad_id: int = 0,
     return loss_fn
 
 
-def _train(config: Config, lm: Any, arrays: dict[str, np.ndarray], mesh: Any,
+def _train(config: Config, lm: LoadedModel, arrays: dict[str, np.ndarray], mesh: Mesh,
            out: Path, compiler_options: dict[str, Any] | None = None
            ) -> tuple[Any, int, float]:
     from jaxpet.pipelines.pet import num_updates
@@ -114,7 +115,7 @@ def _train(config: Config, lm: Any, arrays: dict[str, np.ndarray], mesh: Any,
     return state.params, updates, time.perf_counter() - start
 
 
-def save_model(lm: Any, params: Any, folder: Path) -> None:
+def save_model(lm: LoadedModel, params: Any, folder: Path) -> None:
     """The fine-tuned model in HF layout (config, safetensors, tokenizer), from process 0."""
     from jaxpet.models.t5_convert import save_t5
 
@@ -167,7 +168,8 @@ def start_folder(config: Config, out: Path, overwrite: bool) -> None:
         outputs.write_text(out / "config.yaml", to_yaml(config))
 
 
-def run(config: Any, output_dir: str | os.PathLike | None = None, *,
+def run(config: str | os.PathLike | Mapping[str, Any] | Config,
+        output_dir: str | os.PathLike | None = None, *,
         compiler_options: dict[str, Any] | None = None, overwrite: bool = False
         ) -> dict[str, Any]:
     """Trains and evaluates one text-to-text model; writes and returns results.json's content.
