@@ -184,3 +184,25 @@ def test_bert_trains_with_pallas_attention_dropout_reproducibly_per_rng():
     leaves = jax.tree_util.tree_leaves(grads_a)
     assert all(bool(jnp.isfinite(g).all()) for g in leaves)
     assert any(float(jnp.abs(g).max()) > 0 for g in leaves)
+
+
+def test_memory_estimate_counts_no_score_matrix_for_pallas(tmp_path, monkeypatch):
+    import types
+
+    import jaxpet.engine.memory as memory
+    from jaxpet.models.config import EncoderConfig
+    from jaxpet.pipelines.setup import check_memory
+
+    seen: list[bool] = []
+    original = memory.estimate_memory
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["fused_attention"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(memory, "estimate_memory", recording)
+    monkeypatch.setattr(memory, "device_memory_bytes", lambda: None)
+    lm = types.SimpleNamespace(config=EncoderConfig(**TINY_BERT), head="mlm")
+    for attention in ("xla", "pallas"):
+        check_memory(_config_with(tmp_path, f"model.attention={attention}"), lm, "mlm")
+    assert seen == [False, True]  # the kernel keeps no [S, S] scores, as cudnn's

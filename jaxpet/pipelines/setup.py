@@ -201,7 +201,7 @@ def check_memory(config: Config, lm: Any, head: str, target_len: int | None = No
         backbone_from_config(lm.config), batch_size=batch_size,
         seq_len=settings.max_seq_length, remat=remat,
         compute_dtype=config.model.dtype, data=data, fsdp=fsdp, tensor=tensor,
-        fused_attention=config.model.attention == "cudnn", **extra)
+        fused_attention=config.model.attention in ("cudnn", "pallas"), **extra)
     print(f"memory estimate: {estimate.describe()}")
     limit = device_memory_bytes()
     if limit:
