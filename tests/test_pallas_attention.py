@@ -48,6 +48,19 @@ def test_forward_and_gradients_equal_xla_attention_without_dropout(inputs):
         _assert_close(grad, ref_grad)
 
 
+def test_bfloat16_inputs_give_xla_attention_within_bfloat16_rounding(inputs):
+    q, k, v, _, mask_BxS = (x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x
+                            for x in inputs)
+    out = pallas_attention(q, k, v, mask_BxS, block=BLOCK)
+    ref = jax.nn.dot_product_attention(q.astype(jnp.float32), k.astype(jnp.float32),
+                                       v.astype(jnp.float32),
+                                       mask=mask_BxS.astype(bool)[:, None, None, :])
+    assert out.dtype == jnp.bfloat16
+    # bf16 keeps 8 mantissa bits (~4e-3 relative) on outputs of size ~1; a lost mask or
+    # rescale moves them by > 0.1
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), atol=3e-2)
+
+
 def _reference_with_dropout(q, k, v, mask_BxS, keep_BxNxSxS, rate):
     """Softmax over unmasked keys, then the kept probabilities scaled by 1 / (1 - rate)."""
     scores_BxNxSxS = jnp.einsum("bqnh,bknh->bnqk", q, k) / np.sqrt(H)
