@@ -262,7 +262,9 @@ def test_mask_at_position_zero_and_target_id_zero_are_ordinary_values():
     ids[0, 2, 0], pos[0, 2, 0] = MASK, 0
     tgt[1, 0, 1] = 0
     batch = ids, attn, pos, tgt, types
-    _check(_decode(batch, "max_first"), _reference(ids, attn, pos, tgt, "max_first", types))
+    # parallel sums every slot's first-pass log-prob, the slot with target 0 included
+    for strategy in ("max_first", "parallel"):
+        _check(_decode(batch, strategy), _reference(ids, attn, pos, tgt, strategy, types))
 
 
 def test_forward_passes_run_on_the_documented_row_counts():
