@@ -219,3 +219,20 @@ def test_memory_estimate_counts_no_score_matrix_for_pallas(tmp_path, monkeypatch
     for attention in ("xla", "pallas"):
         check_memory(_config_with(tmp_path, f"model.attention={attention}"), lm, "mlm")
     assert seen == [False, True]  # the kernel keeps no [S, S] scores, as cudnn's
+
+
+def test_kernels_lower_to_triton_for_cuda_without_a_gpu(monkeypatch):
+    """The GPU path's lowering (Triton IR) runs on the CPU; only compiling it needs a GPU."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    x = jax.ShapeDtypeStruct((2, 100, 4, 64), jnp.bfloat16)  # padded to 128 inside
+    mask = jax.ShapeDtypeStruct((2, 100), jnp.int32)
+
+    def grads(q, k, v, mask_BxS):
+        def loss(q, k, v):
+            out = pallas_attention(q, k, v, mask_BxS, dropout_rate=0.1, seed=3)
+            return out.astype(jnp.float32).sum()
+        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    text = jax.jit(grads).trace(x, x, x, mask).lower(lowering_platforms=("cuda",)).as_text()
+    # forward, dK/dV and dQ: three Triton kernels, none of them interpreted
+    assert text.count("__gpu$xla.gpu.triton") == 3

@@ -205,6 +205,17 @@ def _interpret() -> bool:
     return jax.default_backend() not in ("gpu", "tpu")
 
 
+def _call(kernel, **kwargs):
+    """pl.pallas_call, interpreted off GPU/TPU; on GPUs through Triton, whose block programs
+    (one block of rows, loops over whole-sequence refs) these kernels are written as."""
+    params = None
+    if jax.default_backend() == "gpu":
+        from jax.experimental.pallas import triton as pltriton
+
+        params = pltriton.CompilerParams(num_warps=4, num_stages=2)
+    return pl.pallas_call(kernel, interpret=_interpret(), compiler_params=params, **kwargs)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
 def _flash(q_BxNxSxH, k_BxNxSxH, v_BxNxSxH, keymask_BxS, stream_1, rate: float, block: int):
     return _flash_fwd(q_BxNxSxH, k_BxNxSxH, v_BxNxSxH, keymask_BxS, stream_1, rate, block)[0]
@@ -218,14 +229,13 @@ def _kernel_args(rate: float, block: int, head_dim: int) -> dict:
 def _flash_fwd(q, k, v, keymask, stream, rate, block):
     B, N, S, H = q.shape
     rows, whole, row_vec, _, keymask_spec, stream_spec = _specs(B, N, S, H, block)
-    o, lse = pl.pallas_call(
+    o, lse = _call(
         functools.partial(_fwd_kernel, **_kernel_args(rate, block, H)),
         out_shape=(jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((B, N, S), jnp.float32)),
         grid=(B, N, S // block),
         in_specs=[stream_spec, rows, whole, whole, keymask_spec],
         out_specs=(rows, row_vec),
-        interpret=_interpret(),
         name="jaxpet_flash_fwd",
     )(stream, q, k, v, keymask)
     return o, (q, k, v, keymask, stream, o, lse)
@@ -238,23 +248,21 @@ def _flash_bwd(rate, block, residuals, do):
     delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
     args = _kernel_args(rate, block, H)
     grid = (B, N, S // block)
-    dk, dv = pl.pallas_call(
+    dk, dv = _call(
         functools.partial(_bwd_kv_kernel, **args),
         out_shape=(jax.ShapeDtypeStruct(k.shape, k.dtype),
                    jax.ShapeDtypeStruct(v.shape, v.dtype)),
         grid=grid,
         in_specs=[stream_spec, whole, rows, rows, whole, whole_vec, whole_vec, keymask_spec],
         out_specs=(rows, rows),
-        interpret=_interpret(),
         name="jaxpet_flash_bwd_kv",
     )(stream, q, k, v, do, lse, delta, keymask)
-    dq = pl.pallas_call(
+    dq = _call(
         functools.partial(_bwd_q_kernel, **args),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         grid=grid,
         in_specs=[stream_spec, rows, whole, whole, rows, row_vec, row_vec, keymask_spec],
         out_specs=rows,
-        interpret=_interpret(),
         name="jaxpet_flash_bwd_q",
     )(stream, q, k, v, do, lse, delta, keymask)
     return dq, dk, dv, None, None
