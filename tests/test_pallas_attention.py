@@ -124,6 +124,13 @@ def test_dropout_rate_out_of_range_is_refused(inputs):
         pallas_attention(q, k, v, mask_BxS, dropout_rate=1.0)
 
 
+def test_tpus_are_refused_with_the_alternative(inputs, monkeypatch):
+    q, k, v, _, mask_BxS = inputs
+    monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+    with pytest.raises(ValueError, match="not on TPUs: use model.attention 'xla'"):
+        pallas_attention(q, k, v, mask_BxS)
+
+
 TINY_BERT = dict(model_type="bert", vocab_size=64, hidden_size=16, num_hidden_layers=2,
                  num_attention_heads=2, intermediate_size=32, max_position_embeddings=32,
                  embedding_size=16)

@@ -62,7 +62,7 @@ class EncoderConfig:
     # GPUs; key padding as lengths, so inputs must be right-padded, as jaxpet encodes them; no
     # attention-probability dropout, so attention_probs_dropout_prob must be 0 to train);
     # "pallas": jaxpet's fused flash kernel with hashed attention dropout
-    # (jaxpet.models.pallas_attention; interpreted on CPU, compiled on GPU/TPU)
+    # (jaxpet.models.pallas_attention; Triton on GPUs, interpreted on CPUs, not for TPUs)
     attention: str = "xla"
     # Everything else from the HF config (id2label, architectures, ...) for a faithful round trip.
     hf_extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, repr=False)

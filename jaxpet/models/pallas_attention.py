@@ -201,8 +201,8 @@ def _specs(B: int, N: int, S: int, H: int, block: int):
 
 
 def _interpret() -> bool:
-    """Pallas compiles for GPUs (Triton) and TPUs (Mosaic); elsewhere it is interpreted."""
-    return jax.default_backend() not in ("gpu", "tpu")
+    """Compiled on GPUs (Triton); interpreted elsewhere (CPU). TPUs are refused up front."""
+    return jax.default_backend() != "gpu"
 
 
 def _call(kernel, **kwargs):
@@ -287,10 +287,15 @@ def pallas_attention(q_BxSxNxH: jax.Array, k_BxSxNxH: jax.Array, v_BxSxNxH: jax.
 
     The backward pass is two Pallas kernels (dK/dV over key blocks, dQ over query blocks)
     that recompute the probabilities and the same hash mask from the saved log-sum-exp.
-    Sequences are padded to a multiple of `block` inside (padding keys are masked). On
-    backends without a Pallas compiler (CPU) the kernels run in Pallas interpret mode.
+    Sequences are padded to a multiple of `block` inside (padding keys are masked). On GPUs
+    the kernels compile through Triton (not yet timed there); on CPUs they run in Pallas
+    interpret mode; TPUs are refused.
     """
     B, S, N, H = q_BxSxNxH.shape
+    if jax.default_backend() == "tpu":
+        # Mosaic TPU needs other block shapes than these Triton-style block programs.
+        raise ValueError("attention 'pallas' runs on GPUs (and interpreted on CPUs), not on "
+                         "TPUs: use model.attention 'xla' there")
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
     if mask_BxS is None:
