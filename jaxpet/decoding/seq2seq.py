@@ -172,16 +172,30 @@ def score_targets(lm: Any, input_ids: Any, attention_mask: Any, target_ids: Any,
               jnp.asarray(target_ids, jnp.int32), jnp.asarray(target_mask, jnp.float32))
 
 
+def teacher_forcing(target_ids_BxT: Any, weights_BxT: Any, start_id: int,
+                    pad_id: int) -> tuple[jax.Array, jax.Array]:
+    """(targets with pad_id where the weight is 0, the decoder inputs shift_right of them)."""
+    safe_BxT = jnp.where(weights_BxT > 0, target_ids_BxT, pad_id)
+    return safe_BxT, shift_right(safe_BxT, start_id, pad_id)
+
+
+def target_log_likelihood(logits_BxTxV: Any, safe_targets_BxT: Any,
+                          weights_BxT: Any) -> jax.Array:
+    """[B] teacher-forced sum of weights * log p(target token) (float32), from the decoder's
+    logits on teacher_forcing's inputs. The one scorer of T5 targets: rank classification
+    (score_targets) and T5 PET label scores (jaxpet.scoring.seq2seq) both sum it."""
+    logp_BxTxV = jax.nn.log_softmax(jnp.asarray(logits_BxTxV).astype(jnp.float32), axis=-1)
+    tok_lp_BxT = jnp.take_along_axis(logp_BxTxV, safe_targets_BxT[..., None], axis=-1)[..., 0]
+    return jnp.sum(tok_lp_BxT * weights_BxT, axis=1)
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled_score(module: Any, start: int, pad: int):
     def score(params, ids_BxS, mask_BxS, targets_BxT, weights_BxT):
-        safe_targets = jnp.where(weights_BxT > 0, targets_BxT, pad)
-        dec_BxT = shift_right(safe_targets, start, pad)
+        safe_BxT, dec_BxT = teacher_forcing(targets_BxT, weights_BxT, start, pad)
         logits_BxTxV = module.apply({"params": params}, ids_BxS, mask_BxS,
                                     decoder_input_ids=dec_BxT)
-        logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-        tok_lp_BxT = jnp.take_along_axis(logp_BxTxV, safe_targets[..., None], axis=-1)[..., 0]
-        return jnp.sum(tok_lp_BxT * weights_BxT, axis=1)
+        return target_log_likelihood(logits_BxTxV, safe_BxT, weights_BxT)
 
     return jax.jit(score)
 

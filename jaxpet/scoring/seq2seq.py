@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet.decoding.seq2seq import shift_right
+from jaxpet.decoding.seq2seq import target_log_likelihood, teacher_forcing
 from jaxpet.losses import cloze_loss
 from jaxpet.scoring.cloze import LabelWordScorer
 
@@ -138,17 +138,16 @@ def t5_label_scores(apply_fn: Callable, params: Any, input_ids_BxS: jax.Array,
     # M = B * C rows, the C = L * W targets of one example adjacent.
     enc_MxSxD = jnp.repeat(enc_BxSxD, num_targets, axis=0)
     mask_MxS = jnp.repeat(attention_mask_BxS, num_targets, axis=0)
-    safe_CxT = jnp.where(mask_LxWxT > 0, ids_LxWxT, pad_id).reshape(num_targets, length)
     weights_CxT = mask_LxWxT.reshape(num_targets, length)
+    safe_CxT, decoder_in_CxT = teacher_forcing(ids_LxWxT.reshape(num_targets, length),
+                                               weights_CxT, start_id, pad_id)
     targets_MxT = jnp.tile(safe_CxT, (batch, 1))
-    decoder_in_MxT = shift_right(targets_MxT, start_id, pad_id)
+    decoder_in_MxT = jnp.tile(decoder_in_CxT, (batch, 1))
     logits_MxTxV = apply_fn(variables, decoder_in_MxT, enc_MxSxD, mask_MxS, None, deterministic,
                             method="decode", rngs=rngs)
-    logp_MxTxV = jax.nn.log_softmax(logits_MxTxV.astype(jnp.float32), axis=-1)
-    token_lp_MxT = jnp.take_along_axis(logp_MxTxV, targets_MxT[..., None], axis=-1)[..., 0]
     weights_MxT = jnp.tile(weights_CxT, (batch, 1))
-    score_BxLxW = jnp.sum(token_lp_MxT * weights_MxT, axis=1).reshape(batch, num_labels,
-                                                                      num_words)
+    score_BxLxW = target_log_likelihood(logits_MxTxV, targets_MxT, weights_MxT).reshape(
+        batch, num_labels, num_words)
     has_word_LxW = (jnp.sum(mask_LxWxT, axis=-1) > 0).astype(jnp.float32)
     return jnp.sum(score_BxLxW * has_word_LxW, axis=-1) / jnp.maximum(
         jnp.sum(has_word_LxW, axis=-1), 1.0)
