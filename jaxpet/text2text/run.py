@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 from jaxpet.config import Config, to_yaml
 from jaxpet.data.batching import Batcher
 from jaxpet.data.hf_dataset import local_folder
-from jaxpet.decoding.seq2seq import shift_right
+from jaxpet.decoding.seq2seq import teacher_forcing
 from jaxpet.engine.checkpoint import Checkpointer
 from jaxpet.engine.compilation_cache import enable_compilation_cache
 from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer
@@ -62,8 +62,8 @@ def make_seq2seq_loss(apply_fn: Callable, *, start_id: int = 0, pad_id: int = 0,
     def loss_fn(params: Any, batch: Mapping[str, jax.Array], rng: jax.Array
                 ) -> tuple[jax.Array, dict]:
         weights_BxT = batch["target_mask"].astype(jnp.float32)
-        targets_BxT = jnp.where(weights_BxT > 0, batch["target_ids"], pad_id)
-        decoder_in_BxT = shift_right(targets_BxT, start_id, pad_id)
+        targets_BxT, decoder_in_BxT = teacher_forcing(batch["target_ids"], weights_BxT,
+                                                      start_id, pad_id)
         logits_BxTxV = apply_fn({"params": params}, batch["input_ids"], batch["attention_mask"],
                                 decoder_input_ids=decoder_in_BxT, deterministic=not dropout,
                                 rngs={"dropout": rng} if dropout else {})
