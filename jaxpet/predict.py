@@ -343,8 +343,7 @@ def card_config(card: ModelCard, folder: Path, batch_size: int | None) -> Any:
 
 def prediction_mesh(config: Any) -> Any:
     """The run's mesh when this machine has its devices, else all devices data-parallel."""
-    from jaxpet.engine.sharding import make_mesh
-    from jaxpet.pipelines.setup import build_mesh
+    from jaxpet.engine.sharding import build_mesh, make_mesh
 
     try:
         return build_mesh(config)

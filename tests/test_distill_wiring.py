@@ -25,8 +25,9 @@ from jaxpet.config import (
     TaskConfig,
 )
 from jaxpet.data.example import Example
+from jaxpet.engine.sharding import build_mesh
 from jaxpet.pipelines import distill
-from jaxpet.pipelines.setup import TaskData, build_mesh
+from jaxpet.pipelines.setup import TaskData
 
 LABELS = ["1", "2", "3", "4"]
 WORDS = ("news sports business tech world market team game stock city rain food "

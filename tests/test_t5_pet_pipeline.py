@@ -21,7 +21,7 @@ from test_pipeline import (
 from test_train_cli import _rows, build_workspace
 
 import jaxpet.engine.training
-import jaxpet.pipelines.multitoken
+import jaxpet.scoring.scorer
 from jaxpet.cli import train_main
 from jaxpet.config import load_config
 from jaxpet.runs.fingerprint import run_fingerprint, write_fingerprint
@@ -118,7 +118,7 @@ def pet_run(workspace):
         raise AssertionError("a T5 pattern went to the masked LM's K-step multi-token path")
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jaxpet.pipelines.multitoken, "prepare_multitoken_pattern", no_k_step)
+        patch.setattr(jaxpet.scoring.scorer, "CandidatesScorer", no_k_step)
         status, printed, errors = _train(workspace)
     assert status == 0, errors
     out = workspace["root"] / "out-pet"
@@ -175,17 +175,17 @@ def test_ensemble_is_distilled_into_the_classifier_model(workspace, pet_run):
 
 
 def test_multi_token_label_words_are_scored_without_the_k_step_path(workspace, pet_run):
+    from jaxpet.engine.sharding import build_mesh
     from jaxpet.models import load_pretrained
-    from jaxpet.pipelines.multitoken import needs_multi_token
     from jaxpet.pipelines.pet import (
         PatternData,
-        build_mesh,
         load_task_data,
         place_params,
         predict_logits,
         prepare_pattern,
     )
     from jaxpet.prompts import get_pvp
+    from jaxpet.scoring.scorer import needs_multi_token
     from jaxpet.scoring.seq2seq import sentinel_tokenizer
 
     out, results, _ = pet_run

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxpet.config import TrainingConfig
+
 # No weight decay on biases and on normalisation parameters (any path part with "norm",
 # e.g. LayerNorm, attention_norm, final_layer_norm, or "ln_*"), as the original PET does.
 _NO_DECAY_PART = re.compile(r"norm|^ln(_|$)", re.IGNORECASE)
@@ -98,3 +100,11 @@ def make_optimizer(
     if accumulation_steps > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accumulation_steps)
     return tx
+
+
+def num_updates(settings: TrainingConfig, num_train: int) -> int:
+    """Optimizer updates: max_steps, or num_train_epochs passes over the labeled set."""
+    if settings.max_steps > 0:
+        return settings.max_steps
+    micro_steps = settings.num_train_epochs * -(-num_train // settings.train_batch_size)
+    return max(1, -(-micro_steps // settings.accumulation_steps))

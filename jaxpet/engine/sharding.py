@@ -27,6 +27,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxpet.config import Config
+
 MESH_AXES: tuple[str, ...] = ("member", "data", "fsdp", "tensor")
 BATCH_AXES: tuple[str, ...] = ("data", "fsdp")
 
@@ -297,3 +299,21 @@ def maybe_initialize_distributed(cfg: Any = None) -> bool:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**kwargs)
     return True
+
+
+def build_mesh(config: Config) -> Mesh:
+    """The run's mesh from its `mesh` section (mesh.data 0 = every device)."""
+    devices = jax.devices()
+    if config.mesh.data > 0:
+        devices = devices[: config.mesh.data * config.mesh.fsdp * config.mesh.tensor]
+    return make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor,
+                     devices=devices)
+
+
+def check_batch_sizes(mesh: Mesh, sizes: Mapping[str, int]) -> None:
+    """Every global batch must split evenly over the mesh's batch shards."""
+    shards = batch_divisor(mesh)
+    for key, size in sizes.items():
+        if size % shards:
+            raise ValueError(f"config key '{key}' = {size} is not a multiple of the {shards} batch "
+                             f"shards of the mesh (mesh.data x mesh.fsdp); change one of them")

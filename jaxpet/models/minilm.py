@@ -56,3 +56,10 @@ def minilm_path() -> str:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(target)
+
+
+def resolve_model_name(name: str) -> str:
+    """`minilm` is the pip-installed all-MiniLM-L6-v2 encoder; other names pass through."""
+    if name == "minilm":
+        return str(minilm_path())
+    return name

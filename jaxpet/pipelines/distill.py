@@ -105,8 +105,10 @@ def fit_classifier(config: Config, loss_fn: Any, params: Any, groups: dict, mesh
 def run_classifier(config: Config, data: Any, mesh: Any, out: Path,
                    encoder_params: Any = None) -> dict[str, Any]:
     """Supervised sequence classifier(s) on the labeled set; one folder `sc-s{S}` each."""
+    from jaxpet.engine.sharding import check_batch_sizes
     from jaxpet.pipelines import model_saving
-    from jaxpet.pipelines.pet import aggregate, check_batch_sizes, label_indices
+    from jaxpet.pipelines.pet import aggregate
+    from jaxpet.pipelines.setup import label_indices
     from jaxpet.scoring.cloze_step import make_classifier_loss
 
     settings = config.classifier
@@ -146,7 +148,8 @@ def evaluate_classifier(config: Config, lm: Any, params: Any, data: Any, mesh: A
     """Scores the eval set with a sequence classifier's `params`, writes eval_logits.npy and
     predictions.jsonl to `folder`; returns the eval metrics. Training and method evaluate
     (jaxpet.pipelines.evaluate) both score a classifier through it."""
-    from jaxpet.pipelines.pet import evaluate_logits, predict_logits, write_predictions
+    from jaxpet.pipelines.pet import predict_logits
+    from jaxpet.pipelines.setup import evaluate_logits, write_predictions
     from jaxpet.scoring.cloze_step import make_classifier_logits_fn
 
     eval_arrays = encode_classifier_inputs(lm, data.eval, max_seq_length)
@@ -164,8 +167,7 @@ def merge_members(config: Config, data: Any, member_dir: Path, members: Mapping[
     `eval_logits.npy`, `unlabeled_logits.npy` (when the members have them), predictions.jsonl
     and results.json; returns the results (eval metrics of the merged scores).
     """
-    from jaxpet.pipelines.pet import write_predictions
-    from jaxpet.pipelines.setup import evaluate_scores
+    from jaxpet.pipelines.setup import evaluate_scores, write_predictions
 
     names = sorted(members)
     weights_M = np.asarray([members[n]["train_set_before_training"] for n in names])
@@ -197,8 +199,9 @@ def merge_members(config: Config, data: Any, member_dir: Path, members: Mapping[
 def distill(config: Config, data: Any, mesh: Any, out: Path, teacher_NxL: np.ndarray,
             encoder_params: Any = None) -> dict[str, Any]:
     """Trains the final classifier on the unlabeled set against `teacher_NxL` soft labels."""
+    from jaxpet.engine.sharding import check_batch_sizes
     from jaxpet.pipelines import model_saving
-    from jaxpet.pipelines.pet import check_batch_sizes, predict_logits
+    from jaxpet.pipelines.pet import predict_logits
     from jaxpet.scoring.cloze_step import make_classifier_logits_fn, make_classifier_loss
 
     folder = out / "distilled"

@@ -181,8 +181,8 @@ def run(config: Config) -> dict[str, Any]:
     """Scores the saved models of the run folder; writes and returns the results."""
     import jax
 
-    from jaxpet.pipelines.pet import check_output_dir
     from jaxpet.runs.lock import RunLock
+    from jaxpet.runs.outputs import check_output_dir
 
     start = time.perf_counter()
     run_dir, out = folders(config)
@@ -199,8 +199,9 @@ def run(config: Config) -> dict[str, Any]:
 def evaluate_in_folder(config: Config, trained: Config, run: Path, out: Path,
                        start: float) -> dict[str, Any]:
     from jaxpet.engine.compilation_cache import enable_compilation_cache
+    from jaxpet.engine.sharding import build_mesh
     from jaxpet.pipelines.pet import aggregate
-    from jaxpet.pipelines.setup import build_mesh, load_task_data
+    from jaxpet.pipelines.setup import load_task_data
 
     names = {stage: saved_members(run / stage) for stage in stages(run, trained.method)
              if (run / stage).is_dir()}

@@ -61,8 +61,8 @@ def train_in_parallel(config: Config, lm: Any, params: Any, patterns: Sequence[A
     from jaxpet.data.batching import Batcher
     from jaxpet.engine.checkpoint import Checkpointer
     from jaxpet.engine.ensemble_training import Member, train_members
-    from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer
-    from jaxpet.pipelines.pet import num_updates, training_groups
+    from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer, num_updates
+    from jaxpet.pipelines.pet import training_groups
 
     settings = config.pet
     jobs = _jobs(config, patterns, out, train_sets)

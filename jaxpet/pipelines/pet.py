@@ -29,24 +29,18 @@ import numpy as np
 
 from jaxpet.config import Config, ConfigError, TrainingConfig, to_yaml
 from jaxpet.engine.compilation_cache import enable_compilation_cache
-
-# the run's setup lives in jaxpet.pipelines.setup; these names stay importable from here
-from jaxpet.pipelines.setup import (  # noqa: E402, F401
+from jaxpet.engine.optim import num_updates
+from jaxpet.engine.sharding import build_mesh, check_batch_sizes
+from jaxpet.pipelines.setup import (
     MODEL_INPUTS,
     TaskData,
-    build_mesh,
-    check_batch_sizes,
     check_memory,
-    evaluate_logits,
     evaluate_scores,
-    label_indices,
     load_model,
     load_task_data,
-    num_updates,
-    resolve_model_name,
-    write_predictions,
 )
 from jaxpet.runs import outputs
+from jaxpet.runs.outputs import check_output_dir
 
 
 def train(config: Config, settings: TrainingConfig, loss_fn: Any, params: Any, groups: dict,
@@ -309,9 +303,6 @@ def train_member(config: Config, lm: Any, params: Any, pattern: PatternData, dat
     return results
 
 
-train_pet_model = train_member  # the name the pipelines used before the Scorer
-
-
 def evaluate_member(config: Config, pattern: PatternData, params: Any, data: TaskData,
                     mesh: Any, folder: Path) -> dict[str, float]:
     """Scores the eval set with one member's `params`, writes eval_logits.npy and
@@ -466,14 +457,6 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out):
         return run_in_folder(config, out, overwrite, start)
-
-
-def check_output_dir(out: Path) -> None:
-    """A one-line error for an output_dir that names a file (or has a file among its parents)."""
-    for folder in (out, *out.parents):
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"config key 'output_dir' ({out}): {folder} exists and is not a "
-                              "folder")
 
 
 def start_folder(config: Config, out: Path, overwrite: bool) -> None:

@@ -220,7 +220,8 @@ def _load_labeled(config: Config) -> tuple[list[Any], list[Any], list[str]]:
 
 def _model_params(config: Config, unlabeled: list[Any]) -> tuple[Any, Any]:
     """The masked LM and its parameters, after the MLM warm-up when mlm_pretrain is enabled."""
-    from jaxpet.pipelines.setup import build_mesh, load_model
+    from jaxpet.engine.sharding import build_mesh
+    from jaxpet.pipelines.setup import load_model
 
     lm = load_model(config, "mlm")
     if lm.head != "mlm":

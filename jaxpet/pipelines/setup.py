@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet.config import Config, ConfigError, TrainingConfig
+from jaxpet.config import Config
 from jaxpet.data.example import Example
 from jaxpet.metrics import compute_metrics, record_accuracy, task_metrics
+from jaxpet.models.minilm import resolve_model_name
+from jaxpet.models.options import with_model_options
 from jaxpet.runs import outputs
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -83,15 +85,6 @@ def load_task_data(config: Config) -> TaskData:
     return TaskData(task.name, list(spec.labels), train, evaluation, unlabeled)
 
 
-def resolve_model_name(name: str) -> str:
-    """`minilm` is the pip-installed all-MiniLM-L6-v2 encoder; other names pass through."""
-    if name == "minilm":
-        from jaxpet.models.minilm import minilm_path
-
-        return str(minilm_path())
-    return name
-
-
 def is_t5_checkpoint(name: str) -> bool:
     """True when the checkpoint `name` (a folder, hub name or "minilm") is a T5 / mT5 model."""
     from jaxpet.models.pretrained import read_config, resolve_folder
@@ -123,47 +116,6 @@ def load_model(config: Config, head: str, num_labels: int | None = None,
     if head != "seq2seq":
         check_memory(config, lm, head)
     return lm
-
-
-def with_model_options(config: Any, lm: Any) -> Any:
-    """`lm` with the model section's remat and attention settings (any config with a `model`
-    section: the experiment config or the text-to-text one)."""
-    if config.model.remat:
-        lm = with_remat(config, lm)
-    return with_attention(config, lm)
-
-
-def with_remat(config: Any, lm: Any) -> Any:
-    """`lm` whose layers recompute their activations in the backward pass (model.remat)."""
-    if lm.head == "seq2seq":
-        # T5 blocks only know full remat (jaxpet.models.t5.Stack)
-        if config.model.remat_policy != "full":
-            print(f"model.remat_policy={config.model.remat_policy!r} does not apply to T5: "
-                  "its blocks are rematerialised in full")
-        remat_config = dataclasses.replace(lm.config, remat=True)
-    else:
-        remat_config = lm.config.replace(remat=True, remat_policy=config.model.remat_policy)
-    return with_model_config(lm, remat_config)
-
-
-def with_attention(config: Any, lm: Any) -> Any:
-    """`lm` with the model section's attention kernel and attention dropout."""
-    settings = config.model
-    if settings.attention == "xla" and settings.attention_dropout is None:
-        return lm
-    if lm.head == "seq2seq":
-        raise ConfigError("model.attention and model.attention_dropout apply to encoder models "
-                          "(BERT, RoBERTa, XLM-R, ALBERT), not to T5")
-    changes: dict[str, Any] = {"attention": settings.attention}
-    if settings.attention_dropout is not None:
-        changes["attention_probs_dropout_prob"] = float(settings.attention_dropout)
-    return with_model_config(lm, lm.config.replace(**changes))
-
-
-def with_model_config(lm: Any, model_config: Any) -> Any:
-    """`lm` whose module (and config) are rebuilt with `model_config`; the params stay."""
-    return dataclasses.replace(lm, module=lm.module.clone(config=model_config),
-                               config=model_config)
 
 
 def check_memory(config: Config, lm: Any, head: str, target_len: int | None = None) -> None:
@@ -207,35 +159,6 @@ def check_memory(config: Config, lm: Any, head: str, target_len: int | None = No
     if limit:
         check_fits(estimate, limit, section="pet" if head == "mlm" else "classifier",
                    batch_sizes=batch_sizes, accumulation_steps=settings.accumulation_steps)
-
-
-def build_mesh(config: Config) -> Any:
-    from jaxpet.engine.sharding import make_mesh
-
-    devices = jax.devices()
-    if config.mesh.data > 0:
-        devices = devices[: config.mesh.data * config.mesh.fsdp * config.mesh.tensor]
-    return make_mesh(data=config.mesh.data, fsdp=config.mesh.fsdp, tensor=config.mesh.tensor,
-                     devices=devices)
-
-
-def check_batch_sizes(mesh: Any, sizes: Mapping[str, int]) -> None:
-    """Every global batch must split evenly over the mesh's batch shards."""
-    from jaxpet.engine.sharding import batch_divisor
-
-    shards = batch_divisor(mesh)
-    for key, size in sizes.items():
-        if size % shards:
-            raise ValueError(f"config key '{key}' = {size} is not a multiple of the {shards} batch "
-                             f"shards of the mesh (mesh.data x mesh.fsdp); change one of them")
-
-
-def num_updates(settings: TrainingConfig, num_train: int) -> int:
-    """Optimizer updates: max_steps, or num_train_epochs passes over the labeled set."""
-    if settings.max_steps > 0:
-        return settings.max_steps
-    micro_steps = settings.num_train_epochs * -(-num_train // settings.train_batch_size)
-    return max(1, -(-micro_steps // settings.accumulation_steps))
 
 
 def label_indices(examples: Sequence[Example], labels: Sequence[str]) -> np.ndarray:

@@ -107,7 +107,7 @@ def folder_identity(folder: str | os.PathLike, prefix: str) -> dict[str, str]:
 
 def model_identity(name: str, key: str = "model.name") -> dict[str, str]:
     """A local checkpoint folder by its files' identities; a hub name by the name alone."""
-    from jaxpet.pipelines.setup import resolve_model_name
+    from jaxpet.models.minilm import resolve_model_name
 
     path = resolve_model_name(name)
     if os.path.isdir(os.path.expanduser(path)):

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from jaxpet.atomic import atomic_write
+from jaxpet.config import ConfigError
 
 
 def _to_builtin(value: Any) -> Any:
@@ -151,3 +152,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
+
+def check_output_dir(out: Path) -> None:
+    """A one-line error for an output_dir that names a file (or has a file among its parents)."""
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"config key 'output_dir' ({out}): {folder} exists and is not a "
+                              "folder")

@@ -78,7 +78,7 @@ def make_seq2seq_loss(apply_fn: Callable, *, start_id: int = 0, pad_id: int = 0,
 def _train(config: Config, lm: LoadedModel, arrays: dict[str, np.ndarray], mesh: Mesh,
            out: Path, compiler_options: dict[str, Any] | None = None
            ) -> tuple[Any, int, float]:
-    from jaxpet.pipelines.pet import num_updates
+    from jaxpet.engine.optim import num_updates
 
     section = config.text2text
     if section.max_steps == 0:  # evaluation only: no optimizer, no checkpoint to restore
@@ -132,7 +132,7 @@ def load_model(config: Config) -> Any:
                          seed=config.seed)
     if lm.tokenizer is None:
         raise ValueError(f"model {config.model.name!r} has no tokenizer files")
-    from jaxpet.pipelines.setup import with_model_options
+    from jaxpet.models.options import with_model_options
 
     return with_model_options(config, lm)
 
@@ -184,7 +184,7 @@ def run(config: str | os.PathLike | Mapping[str, Any] | Config,
     quick
     CPU tests).
     """
-    from jaxpet.pipelines.pet import check_output_dir
+    from jaxpet.runs.outputs import check_output_dir
 
     start = time.perf_counter()
     config = load_text2text_config(config, output_dir=output_dir)
@@ -200,7 +200,7 @@ def run(config: str | os.PathLike | Mapping[str, Any] | Config,
 def _run_in_folder(config: Config, out: Path, start: float,
                    compiler_options: dict[str, Any] | None) -> dict[str, Any]:
     """run() once the output folder is locked and its fingerprint checked."""
-    from jaxpet.pipelines.pet import build_mesh, check_batch_sizes
+    from jaxpet.engine.sharding import build_mesh, check_batch_sizes
 
     section = config.text2text
     enable_compilation_cache(config.compilation_cache)
