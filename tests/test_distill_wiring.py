@@ -728,3 +728,35 @@ def test_two_real_steps_move_the_student_toward_the_teachers_soft_labels(
     eval_logits = np.load(folder / "eval_logits.npy")
     assert results["metrics"] == {"acc": pytest.approx(_np_accuracy(eval_logits, data.eval))}
     assert results["num_unlabeled"] == 4 and results["temperature"] == 2.0
+
+
+def test_distillation_epochs_step_through_the_unlabeled_set_in_its_own_batches(tmp_path,
+                                                                              monkeypatch):
+    # PET replaces the distillation's train loader by the unlabeled loader before it counts the
+    # steps, so num_train_epochs passes take ceil(N / unlabeled batch) steps each.
+    import jaxpet.engine.training
+    from jaxpet.pipelines import pet
+
+    captured = {}
+
+    def fake_fit(trainer, state, batch_fn, num_steps, **kwargs):
+        captured["num_steps"] = num_steps
+        return state
+
+    class FakeTrainer:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def init(self, params):
+            return SimpleNamespace(params=params)
+
+    monkeypatch.setattr(jaxpet.engine.training, "fit", fake_fit)
+    monkeypatch.setattr(jaxpet.engine.training, "Trainer", FakeTrainer)
+    config = _config(tmp_path)
+    settings = ClassifierConfig(max_steps=-1, num_train_epochs=2, train_batch_size=2,
+                                unlabeled_batch_size=4)
+    rows = {"input_ids": np.zeros((10, 3), np.int32), "attention_mask": np.ones((10, 3), np.int32)}
+    mesh = build_mesh(config)
+    pet.train(config, settings, None, {}, {"": (rows, settings.unlabeled_batch_size, 0)}, mesh,
+              tmp_path / "distilled", seed=0)
+    assert captured["num_steps"] == 2 * 3  # 2 epochs of ceil(10 / 4) steps, not ceil(10 / 2)

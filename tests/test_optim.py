@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -103,3 +105,21 @@ def test_accumulation_equals_one_large_batch_step():
     for k in expected:
         # fp32: two half-batch gradients vs one full batch; a dropped micro-batch is off 2x
         np.testing.assert_allclose(p[k], expected[k], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(("rows", "batch", "epochs", "accumulation", "updates"), [
+    (24, 8, 2, 1, 6),  # 3 batches an epoch
+    (25, 8, 2, 1, 8),  # a last, partial batch counts
+    (24, 4, 3, 2, 9),  # 6 micro-steps an epoch, 2 per update
+    (3, 8, 1, 1, 1),  # fewer rows than a batch: one update
+])
+def test_num_updates_counts_epochs_in_the_stages_own_batches(rows, batch, epochs, accumulation,
+                                                             updates):
+    from jaxpet.config import TrainingConfig
+    from jaxpet.engine.optim import num_updates
+
+    settings = TrainingConfig(max_steps=-1, num_train_epochs=epochs,
+                              accumulation_steps=accumulation, train_batch_size=1000)
+    # train_batch_size is not the stage's batch (e.g. the distillation's unlabeled batches)
+    assert num_updates(settings, rows, batch) == updates
+    assert num_updates(dataclasses.replace(settings, max_steps=7), rows, batch) == 7

@@ -89,7 +89,9 @@ class TrainingConfig:
     train_batch_size: int = 4  # labeled examples per micro-step (global over all devices)
     unlabeled_batch_size: int = 4  # unlabeled examples per micro-step (MLM aux. / distillation)
     accumulation_steps: int = 1  # micro-steps per optimizer update
-    max_steps: int = -1  # optimizer updates; -1 = num_train_epochs over the labeled set
+    # optimizer updates; -1 = num_train_epochs over the labeled set (the distillation: over the
+    # unlabeled set, in unlabeled_batch_size batches, as PET)
+    max_steps: int = -1
     num_train_epochs: int = 3  # used only when max_steps is -1
     learning_rate: float = 1e-5  # peak AdamW learning rate
     weight_decay: float = 0.01  # AdamW decay, never on biases and LayerNorm parameters

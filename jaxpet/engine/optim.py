@@ -102,9 +102,11 @@ def make_optimizer(
     return tx
 
 
-def num_updates(settings: TrainingConfig, num_train: int) -> int:
-    """Optimizer updates: max_steps, or num_train_epochs passes over the labeled set."""
+def num_updates(settings: TrainingConfig, num_rows: int, batch_size: int) -> int:
+    """Optimizer updates: max_steps, or num_train_epochs passes over the `num_rows` rows that
+    the stage steps through `batch_size` at a time (the labeled set for a PET member; the
+    unlabeled set, in classifier.unlabeled_batch_size batches, for the distillation)."""
     if settings.max_steps > 0:
         return settings.max_steps
-    micro_steps = settings.num_train_epochs * -(-num_train // settings.train_batch_size)
+    micro_steps = settings.num_train_epochs * -(-num_rows // batch_size)
     return max(1, -(-micro_steps // settings.accumulation_steps))

@@ -66,7 +66,8 @@ def train_in_parallel(config: Config, lm: Any, params: Any, patterns: Sequence[A
 
     settings = config.pet
     jobs = _jobs(config, patterns, out, train_sets)
-    updates = {num_updates(settings, len(train_set["labels"])) for _, _, train_set, _ in jobs}
+    updates = {num_updates(settings, len(train_set["labels"]), settings.train_batch_size)
+               for _, _, train_set, _ in jobs}
     if settings.max_steps == 0 or len(jobs) < 2 or len(updates) != 1:
         return {}
     steps = updates.pop()

@@ -51,7 +51,9 @@ def train(config: Config, settings: TrainingConfig, loss_fn: Any, params: Any, g
     from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer
     from jaxpet.engine.training import Trainer, fit
 
-    updates = num_updates(settings, len(next(iter(groups.values()))[0]["input_ids"]))
+    # the first group sets the pace (the labeled set, or the distillation's unlabeled set)
+    arrays, batch_size, _ = next(iter(groups.values()))
+    updates = num_updates(settings, len(arrays["input_ids"]), batch_size)
     optimizer = make_optimizer(settings.learning_rate, updates, settings.warmup_steps,
                                settings.weight_decay, settings.adam_epsilon,
                                settings.max_grad_norm, settings.accumulation_steps)

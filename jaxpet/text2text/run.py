@@ -84,7 +84,7 @@ def _train(config: Config, lm: LoadedModel, arrays: dict[str, np.ndarray], mesh:
     if section.max_steps == 0:  # evaluation only: no optimizer, no checkpoint to restore
         print("text2text.max_steps is 0: evaluating the model as it is, without training")
         return lm.params, 0, 0.0
-    updates = num_updates(section, len(arrays["input_ids"]))
+    updates = num_updates(section, len(arrays["input_ids"]), section.train_batch_size)
     optimizer = make_optimizer(section.learning_rate, updates, section.warmup_steps,
                                section.weight_decay, section.adam_epsilon,
                                section.max_grad_norm, section.accumulation_steps)
