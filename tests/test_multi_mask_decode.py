@@ -134,7 +134,7 @@ def _decode(ids, attn, pos, tgt, types, strategy, cand=None, **kwargs):
     """Every call passes the same argument kinds, so each configuration compiles once."""
     cand = np.ones(ids.shape[:2], bool) if cand is None else cand
     return np.asarray(multi_mask_decode(logits_fn, ids, attn, pos, tgt, strategy=strategy,
-                                        candidate_mask_NxC=cand, token_type_ids_NxCxS=types,
+                                        candidate_mask_NxC=cand, token_type_ids=types,
                                         **kwargs))
 
 

@@ -144,7 +144,7 @@ def _decode(batch, strategy, cand=None, types=True, **kwargs):
     ids, attn, pos, tgt, tt = batch
     return np.asarray(multi_mask_decode(
         logits_fn, ids, attn, pos, tgt, strategy=strategy, candidate_mask_NxC=cand,
-        token_type_ids_NxCxS=tt if types else None, **kwargs,
+        token_type_ids=tt if types else None, **kwargs,
     ))
 
 

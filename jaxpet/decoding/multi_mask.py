@@ -301,7 +301,7 @@ def multi_mask_decode(
     target_ids_NxCxK: Array,
     strategy: str = "max_first",
     candidate_mask_NxC: Array | None = None,
-    token_type_ids_NxCxS: Array | None = None,
+    token_type_ids: Array | None = None,
     reuse_first_pass: bool = True,
     row_buckets: int = 3,
     row_blocks: int = 1,
@@ -324,6 +324,9 @@ def multi_mask_decode(
     row_blocks = D the rows are compacted within D equal blocks instead: on a mesh whose data
     axis splits N over D devices, pass D so that no row leaves its device.
 
+    token_type_ids [N, C, S] (BERT/ALBERT segments; None for models without them) is passed to
+    logits_fn as the keyword token_type_ids, the name the models and make_multi_mask_decoder use.
+
     logits_fn should be a stable object (created once): it is a static argument of the
     compiled program. To pass parameters as traced arguments use make_multi_mask_decoder or
     call this inside your own jax.jit. Inputs may be sharded along N (e.g. NamedSharding over a
@@ -335,7 +338,7 @@ def multi_mask_decode(
     return _decode_jit(
         logits_fn, strategy, reuse_first_pass, row_buckets, row_blocks, input_ids_NxCxS,
         attention_mask_NxCxS, mask_positions_NxCxK, target_ids_NxCxK, candidate_mask_NxC,
-        token_type_ids_NxCxS,
+        token_type_ids,
     )
 
 

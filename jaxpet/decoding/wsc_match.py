@@ -102,15 +102,15 @@ def multi_mask_generate(
     attention_mask_NxS: Array,
     mask_positions_NxK: Array,
     strategy: str = "max_first",
-    token_type_ids_NxS: Array | None = None,
+    token_type_ids: Array | None = None,
 ) -> Array:
     """Fill every mask with the model's argmax token, one mask per forward pass (WSC-style).
 
     "max_first" fills, at each step, the remaining mask whose argmax token is most probable;
     "ltr" the leftmost remaining mask; "parallel" fills all masks from one forward pass, as the
     original PET's WSC evaluation does. Returns the filled tokens [N, K] in slot order, -1 in
-    unused slots (mask_positions -1).
+    unused slots (mask_positions -1). token_type_ids [N, S] is passed on as in multi_mask_decode.
     """
     check_strategy(strategy)
     return _generate_jit(logits_fn, strategy, input_ids_NxS, attention_mask_NxS,
-                         mask_positions_NxK, token_type_ids_NxS)
+                         mask_positions_NxK, token_type_ids)
