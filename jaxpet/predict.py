@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from jaxpet.data.example import Example
+from jaxpet.data.files import read_jsonl
 from jaxpet.runs.saved_model import ModelCard, SavedModelError, is_saved_model, read_card
 
 # the head each scorer kind loads its saved folder with (jaxpet.models.load_pretrained)
@@ -212,7 +213,7 @@ def read_input(path: str, task: str) -> list[Example]:
     if file.suffix == ".txt":
         return _lines(text, path)
     if file.suffix in (".jsonl", ".json") or text.lstrip()[0] == "{":
-        examples, keys = _jsonl(text, path)
+        examples, keys = _jsonl(path)
     elif file.suffix in (".csv", ".tsv"):
         examples, keys = _csv(text, path, "\t" if file.suffix == ".tsv" else ",")
     else:
@@ -256,19 +257,10 @@ def _lines(text: str, name: str) -> list[Example]:
     return examples
 
 
-def _jsonl(text: str, path: str) -> tuple[list[Example] | None, list[str]]:
+def _jsonl(path: str) -> tuple[list[Example] | None, list[str]]:
     """Generic JSONL inputs and the first record's keys; None when it has no text_a."""
     examples = []
-    for n, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise PredictInputError(f"{path}:{n}: not a JSON object ({error.msg})") from None
-        if not isinstance(record, dict):
-            raise PredictInputError(f"{path}:{n}: expected a JSON object, got "
-                                    f"{type(record).__name__}")
+    for n, record in read_jsonl(path, encoding="utf-8-sig"):
         if not examples and "text_a" not in record:
             return None, sorted(record)
         examples.append(example_from_record(record, str(n), f"{path}:{n}"))

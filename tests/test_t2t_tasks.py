@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from jaxpet.data.files import DataFileError
 from jaxpet.text2text import metrics as t2t_metrics
 from jaxpet.text2text import readers as t2t_readers
 from jaxpet.text2text import tasks as t2t_tasks
@@ -116,9 +117,9 @@ def test_translation_readers_tsv_and_jsonl():
                                              "target_language": "de"})
     assert pairs[0].inputs == "translate English to German: The house is small."
     assert pairs[0].targets == "Das Haus ist klein." and pairs[0].guid == "a"
-    with pytest.raises(t2t_readers.DataFileError, match=r"bad_translation\.tsv:1: expected"):
+    with pytest.raises(DataFileError, match=r"bad_translation\.tsv:1: expected"):
         t2t_readers.read_translation(data("bad_translation.tsv"))
-    with pytest.raises(t2t_readers.DataFileError, match=r"translation\.jsonl:1: missing field"):
+    with pytest.raises(DataFileError, match=r"translation\.jsonl:1: missing field"):
         t2t_readers.read_translation(data("translation.jsonl"), "fr", "de")
 
 
@@ -129,7 +130,7 @@ def test_cnn_dailymail_reader():
     assert pairs[0].inputs.startswith("summarize: The town council met on Monday.")
     assert pairs[0].targets.split("\n") == ["Council votes to repair the old bridge.",
                                             "Work starts before winter."]
-    with pytest.raises(t2t_readers.DataFileError, match=r"bad\.jsonl:2: invalid JSON"):
+    with pytest.raises(DataFileError, match=r"bad\.jsonl:2: invalid JSON"):
         t2t_readers.read_cnn_dailymail(data("bad.jsonl"))
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         t2t_readers.read_cnn_dailymail(data("nope.jsonl"))
@@ -146,9 +147,9 @@ def test_glue_tsv_readers():
     assert [r["label"] for r in stsb] == [3.5, 0.3]
     assert [p.targets for p in t2t_tasks.format_records(stsb, {"format": "stsb"})] == ["3.6",
                                                                                        "0.4"]
-    with pytest.raises(t2t_readers.DataFileError, match=r"stsb_bad\.tsv:2: score 'four'"):
+    with pytest.raises(DataFileError, match=r"stsb_bad\.tsv:2: score 'four'"):
         t2t_readers.read_glue_tsv(data("stsb_bad.tsv"), "stsb")
-    with pytest.raises(t2t_readers.DataFileError, match=r"translation\.tsv:1: header lacks"):
+    with pytest.raises(DataFileError, match=r"translation\.tsv:1: header lacks"):
         t2t_readers.read_glue_tsv(data("translation.tsv"), "mnli")
 
 
@@ -160,7 +161,7 @@ def test_squad_reader():
     assert pairs[1].inputs == ("question: Which city is France ' s largest ? context: Paris is "
                                "the capital of France , ( and ) its largest city .")
     assert pairs[1].targets == "Paris" and pairs[1].guid == "q2"
-    with pytest.raises(t2t_readers.DataFileError, match=r"cnndm\.jsonl:2: invalid JSON"):
+    with pytest.raises(DataFileError, match=r"cnndm\.jsonl:2: invalid JSON"):
         t2t_readers.read_squad(data("cnndm.jsonl"))
 
 
@@ -258,7 +259,7 @@ def test_squad_reader_names_an_answer_without_text(tmp_path):
     path = tmp_path / "dev.json"
     path.write_text('{"data": [{"paragraphs": [{"context": "c", "qas": [{"id": "q", '
                     '"question": "?", "answers": [{"answer_start": 0}]}]}]}]}')
-    with pytest.raises(t2t_readers.DataFileError,
+    with pytest.raises(DataFileError,
                        match=r"dev\.json: data\[0\]\.paragraphs\[0\]\.qas\[0\]\.answers\[0\]: "
                              r"missing field\(s\) \['text'\]"):
         t2t_readers.read_squad(str(path))

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from jaxpet.config import Text2TextConfig
+from jaxpet.data.files import DataFileError
 from jaxpet.scoring.seq2seq import pad_targets
 from jaxpet.text2text import readers as t2t_readers
 from jaxpet.text2text import tasks as t2t_tasks
@@ -63,7 +64,7 @@ def read_records(section: Text2TextConfig, file_name: str, limit: int = -1
     else:
         records = read_jsonl(path)
     if not records:
-        raise t2t_readers.DataFileError(f"{path}: no records")
+        raise DataFileError(path, "no records")
     return records if limit < 0 else records[:limit]
 
 

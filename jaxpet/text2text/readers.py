@@ -10,13 +10,10 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from jaxpet.data.files import DataFileError, read_jsonl
 from jaxpet.data.hf_dataset import load_splits
 
 Record = dict[str, Any]
-
-
-class DataFileError(ValueError):
-    """A malformed data file; the message names the file and, where known, the line."""
 
 
 def _open(path: str):
@@ -26,27 +23,23 @@ def _open(path: str):
 
 
 def jsonl_records(path: str) -> Iterator[tuple[int, Record]]:
-    """(line number, object) of each non-blank line; errors name the file and line."""
-    with _open(path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFileError(f"{path}:{line_no}: invalid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise DataFileError(f"{path}:{line_no}: expected a JSON object per line")
-            yield line_no, record
+    """(line number, object) of each non-blank line (jaxpet.data.files.read_jsonl, after a
+    check that names a missing file as a data file)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such data file")
+    return read_jsonl(path)
 
 
-def _require(record: Any, keys: tuple[str, ...], where: str) -> None:
+def _require(record: Any, keys: tuple[str, ...], path: str, line: int | None = None,
+             where: str = "") -> None:
+    """`record` is an object with `keys`; errors name the file, line and `where` inside it."""
     if not isinstance(record, dict):
-        raise DataFileError(f"{where}: expected an object with field(s) {list(keys)}, found "
-                            f"{type(record).__name__}")
+        raise DataFileError(path, f"{where}expected an object with field(s) {list(keys)}, "
+                            f"found {type(record).__name__}", line)
     missing = [k for k in keys if k not in record]
     if missing:
-        raise DataFileError(f"{where}: missing field(s) {missing}; has {sorted(record)}")
+        raise DataFileError(path, f"{where}missing field(s) {missing}; has {sorted(record)}",
+                            line)
 
 
 def read_translation(path: str, source_key: str = "source",
@@ -65,14 +58,14 @@ def read_translation(path: str, source_key: str = "source",
                     continue
                 cols = line.split("\t")
                 if len(cols) > 2:
-                    raise DataFileError(f"{path}:{line_no}: expected 'source<TAB>target', found "
-                                        f"{len(cols)} columns")
+                    raise DataFileError(path, "expected 'source<TAB>target', found "
+                                        f"{len(cols)} columns", line_no)
                 records.append({"source": cols[0], "target": cols[1] if len(cols) == 2 else None,
                                 "id": f"{line_no}"})
         return records
     for line_no, record in jsonl_records(path):
         pair = record.get("translation", record)
-        _require(pair, (source_key,), f"{path}:{line_no}")
+        _require(pair, (source_key,), path, line_no)
         records.append({"source": pair[source_key], "target": pair.get(target_key),
                         "id": str(record.get("id", line_no))})
     return records
@@ -82,7 +75,7 @@ def read_cnn_dailymail(path: str) -> list[Record]:
     """CNN/DailyMail-style JSONL with `article` and (for labeled splits) `highlights`."""
     records = []
     for line_no, record in jsonl_records(path):
-        _require(record, ("article",), f"{path}:{line_no}")
+        _require(record, ("article",), path, line_no)
         records.append({"article": record["article"], "highlights": record.get("highlights"),
                         "id": str(record.get("id", line_no))})
     return records
@@ -109,24 +102,24 @@ def read_glue_tsv(path: str, task: str) -> list[Record]:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:
-            raise DataFileError(f"{path}: empty file")
+            raise DataFileError(path, "empty file")
         missing = [c for c in (first, second) if c not in header]
         if missing:
-            raise DataFileError(f"{path}:1: header lacks column(s) {missing}; has {header}")
+            raise DataFileError(path, f"header lacks column(s) {missing}; has {header}", 1)
         col = {name: i for i, name in enumerate(header)}
         for line_no, row in enumerate(reader, start=2):
             if not row:
                 continue
             if len(row) != len(header):
-                raise DataFileError(f"{path}:{line_no}: {len(row)} fields, header has "
-                                    f"{len(header)}")
+                raise DataFileError(path, f"{len(row)} fields, header has {len(header)}",
+                                    line_no)
             label: Any = row[col[label_col]] if label_col in col else None
             if task == "stsb" and label is not None:
                 try:
                     label = float(label)
                 except ValueError:
-                    raise DataFileError(f"{path}:{line_no}: score {label!r} is not a number") \
-                        from None
+                    raise DataFileError(path, f"score {label!r} is not a number",
+                                        line_no) from None
             guid = row[col["pairID"]] if "pairID" in col else row[col.get("index", 0)]
             records.append({key1: row[col[first]], key2: row[col[second]], "label": label,
                             "id": guid})
@@ -139,19 +132,19 @@ def read_squad(path: str) -> list[Record]:
         try:
             data = json.load(f)
         except json.JSONDecodeError as err:
-            raise DataFileError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+            raise DataFileError(path, f"invalid JSON ({err.msg})", err.lineno) from None
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-        raise DataFileError(f"{path}: not a SQuAD file (no top-level 'data' list)")
+        raise DataFileError(path, "not a SQuAD file (no top-level 'data' list)")
     records = []
     for a, article in enumerate(data["data"]):
-        _require(article, ("paragraphs",), f"{path}: data[{a}]")
+        _require(article, ("paragraphs",), path, where=f"data[{a}]: ")
         for p, paragraph in enumerate(article["paragraphs"]):
-            where = f"{path}: data[{a}].paragraphs[{p}]"
-            _require(paragraph, ("context", "qas"), where)
+            where = f"data[{a}].paragraphs[{p}]"
+            _require(paragraph, ("context", "qas"), path, where=f"{where}: ")
             for q, qa in enumerate(paragraph["qas"]):
-                _require(qa, ("id", "question"), f"{where}.qas[{q}]")
+                _require(qa, ("id", "question"), path, where=f"{where}.qas[{q}]: ")
                 for n, answer in enumerate(qa.get("answers", [])):
-                    _require(answer, ("text",), f"{where}.qas[{q}].answers[{n}]")
+                    _require(answer, ("text",), path, where=f"{where}.qas[{q}].answers[{n}]: ")
                 answers = [answer["text"] for answer in qa.get("answers", [])]
                 records.append({"id": qa["id"], "question": qa["question"],
                                 "context": paragraph["context"], "answers": answers})
@@ -165,7 +158,7 @@ def read_hf_dataset(path: str, split: str, name: str | None = None) -> list[Reco
 
     splits = load_splits(path, name, key="text2text.reader_options")
     if split not in splits:
-        raise DataFileError(f"{path}: no split {split!r}; the dataset has {sorted(splits)}")
+        raise DataFileError(path, f"no split {split!r}; the dataset has {sorted(splits)}")
     dataset = splits[split]
     names = {column: feature.names for column, feature in dataset.features.items()
              if getattr(feature, "names", None)}
