@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 
+from jaxpet.config import Config
 from jaxpet.data.example import Example
 from jaxpet.data.files import read_jsonl
+from jaxpet.models import LoadedModel
+from jaxpet.pipelines.setup import TaskData
 from jaxpet.runs.saved_model import ModelCard, SavedModelError, is_saved_model, read_card
 
 # the head each scorer kind loads its saved folder with (jaxpet.models.load_pretrained)
@@ -41,9 +45,9 @@ class SavedScorer:
 
     folder: Path
     card: ModelCard
-    config: Any  # jaxpet.config.Config rebuilt from the card
-    lm: Any  # jaxpet.models.LoadedModel, params placed on `mesh`
-    mesh: Any
+    config: Config  # jaxpet.config.Config rebuilt from the card
+    lm: LoadedModel  # jaxpet.models.LoadedModel, params placed on `mesh`
+    mesh: Mesh
     fn: Any = None
 
     def scores(self, examples: Sequence[Example]) -> np.ndarray:
@@ -60,7 +64,6 @@ class SavedScorer:
             arrays = encode_classifier_inputs(self.lm, examples, self.card.max_seq_length)
             return predict_logits(self.config, self.fn, self.lm.params, arrays, self.mesh)
         from jaxpet.pipelines.pet import pattern_scores, prepare_pattern
-        from jaxpet.pipelines.setup import TaskData
 
         # the pipeline's own encoding: the new texts are the evaluation set; one example
         # stands in for the labeled set, which prediction does not use
@@ -333,7 +336,7 @@ def card_config(card: ModelCard, folder: Path, batch_size: int | None) -> Any:
     return dataclasses.replace(config, pet=pet, eval=evaluation)
 
 
-def prediction_mesh(config: Any) -> Any:
+def prediction_mesh(config: Config) -> Any:
     """The run's mesh when this machine has its devices, else all devices data-parallel."""
     from jaxpet.engine.sharding import build_mesh, make_mesh
 
@@ -343,7 +346,8 @@ def prediction_mesh(config: Any) -> Any:
         return make_mesh(data=-1)
 
 
-def load_scorer(folder: Path, batch_size: int | None = None, mesh: Any = None) -> SavedScorer:
+def load_scorer(folder: Path, batch_size: int | None = None,
+                mesh: Mesh | None = None) -> SavedScorer:
     """One saved model folder as a SavedScorer; errors name the folder's file and key."""
     import jax.numpy as jnp
 

@@ -9,10 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpet.models import LoadedModel
+
 _NEG = -1.0e9  # the "impossible" score offset, as HF's beam search uses
 
 
-def _special_ids(lm: Any, eos_token_id: int | None) -> tuple[int, int, int]:
+def _special_ids(lm: LoadedModel, eos_token_id: int | None) -> tuple[int, int, int]:
     cfg = lm.config
     pad = getattr(cfg, "pad_token_id", 0)
     start = getattr(cfg, "decoder_start_token_id", None)
@@ -24,7 +26,7 @@ def _special_ids(lm: Any, eos_token_id: int | None) -> tuple[int, int, int]:
 
 
 def generate(
-    lm: Any,
+    lm: LoadedModel,
     input_ids: Any,
     attention_mask: Any,
     max_new_tokens: int = 32,
@@ -161,7 +163,7 @@ def shift_right(target_ids_BxT: Any, start_id: int, pad_id: int) -> jax.Array:
     return jnp.where(shifted < 0, pad_id, shifted)
 
 
-def score_targets(lm: Any, input_ids: Any, attention_mask: Any, target_ids: Any,
+def score_targets(lm: LoadedModel, input_ids: Any, attention_mask: Any, target_ids: Any,
                   target_mask: Any) -> jax.Array:
     """Teacher-forced sum log p(target) per row [B]; tokens where target_mask is 0 are ignored.
 

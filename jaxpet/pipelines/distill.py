@@ -22,15 +22,18 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxpet.config import Config
+from jaxpet.models import LoadedModel
 from jaxpet.pipelines.merge import merge_logits
+from jaxpet.pipelines.setup import TaskData
 from jaxpet.runs import outputs
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def encode_classifier_inputs(lm: Any, examples: Sequence[Any], max_seq_length: int) -> dict:
+def encode_classifier_inputs(lm: LoadedModel, examples: Sequence[Any], max_seq_length: int) -> dict:
     """Plain text (text_a [, text_b]) encoded for a sequence classifier."""
     from jaxpet.pipelines.mlm_pretrain import encode_texts
 
@@ -89,7 +92,7 @@ def classifier_model(config: Config, num_labels: int, encoder_params: Any = None
     return lm, params
 
 
-def fit_classifier(config: Config, loss_fn: Any, params: Any, groups: dict, mesh: Any,
+def fit_classifier(config: Config, loss_fn: Any, params: Any, groups: dict, mesh: Mesh,
                    folder: Path, seed: int) -> tuple[Any, float]:
     """jaxpet.pipelines.pet.train with the classifier settings; `classifier.max_steps` 0 trains
     nothing
@@ -102,7 +105,7 @@ def fit_classifier(config: Config, loss_fn: Any, params: Any, groups: dict, mesh
     return train(config, config.classifier, loss_fn, params, groups, mesh, folder, seed)
 
 
-def run_classifier(config: Config, data: Any, mesh: Any, out: Path,
+def run_classifier(config: Config, data: TaskData, mesh: Mesh, out: Path,
                    encoder_params: Any = None) -> dict[str, Any]:
     """Supervised sequence classifier(s) on the labeled set; one folder `sc-s{S}` each."""
     from jaxpet.engine.sharding import check_batch_sizes
@@ -143,7 +146,7 @@ def run_classifier(config: Config, data: Any, mesh: Any, out: Path,
     return {"members": members, **aggregate(members, lambda r: "summary")}
 
 
-def evaluate_classifier(config: Config, lm: Any, params: Any, data: Any, mesh: Any,
+def evaluate_classifier(config: Config, lm: LoadedModel, params: Any, data: TaskData, mesh: Mesh,
                         folder: Path, max_seq_length: int) -> dict[str, float]:
     """Scores the eval set with a sequence classifier's `params`, writes eval_logits.npy and
     predictions.jsonl to `folder`; returns the eval metrics. Training and method evaluate
@@ -159,7 +162,7 @@ def evaluate_classifier(config: Config, lm: Any, params: Any, data: Any, mesh: A
     return evaluate_logits(data.name, data.labels, data.eval, eval_logits)
 
 
-def merge_members(config: Config, data: Any, member_dir: Path, members: Mapping[str, Any],
+def merge_members(config: Config, data: TaskData, member_dir: Path, members: Mapping[str, Any],
                   out: Path) -> dict[str, Any]:
     """Merges the members' saved eval and unlabeled scores (config `pet.reduction`) into `out`.
 
@@ -196,7 +199,7 @@ def merge_members(config: Config, data: Any, member_dir: Path, members: Mapping[
     return results
 
 
-def distill(config: Config, data: Any, mesh: Any, out: Path, teacher_NxL: np.ndarray,
+def distill(config: Config, data: TaskData, mesh: Mesh, out: Path, teacher_NxL: np.ndarray,
             encoder_params: Any = None) -> dict[str, Any]:
     """Trains the final classifier on the unlabeled set against `teacher_NxL` soft labels."""
     from jaxpet.engine.sharding import check_batch_sizes
@@ -245,7 +248,7 @@ def distill(config: Config, data: Any, mesh: Any, out: Path, teacher_NxL: np.nda
     return results
 
 
-def finish_ensemble(config: Config, data: Any, mesh: Any, out: Path, member_dir: Path,
+def finish_ensemble(config: Config, data: TaskData, mesh: Mesh, out: Path, member_dir: Path,
                     members: Mapping[str, Any], encoder_params: Any = None) -> dict[str, Any]:
     """Merge, then distill (unless `no_distillation`): {"ensemble": ..., "distilled": ...}."""
     results = {"ensemble": merge_members(config, data, member_dir, members, out / "ensemble")}

@@ -20,7 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from jax.sharding import Mesh
+
 from jaxpet.config import Config, ConfigError, to_yaml
+from jaxpet.pipelines.setup import TaskData
 from jaxpet.runs import outputs
 from jaxpet.runs.saved_model import is_saved_model, read_card
 
@@ -84,7 +87,7 @@ def member_config(config: Config, card: Any, folder: Path) -> Config:
         eval=dataclasses.replace(trained.eval, batch_size=config.eval.batch_size))
 
 
-def evaluate_member(config: Config, data: Any, mesh: Any, folder: Path, out: Path,
+def evaluate_member(config: Config, data: TaskData, mesh: Mesh, folder: Path, out: Path,
                     run_results: dict[str, Any]) -> dict[str, Any]:
     """Scores one saved PET member; its results are the run's with the new eval metrics."""
     from jaxpet.pipelines import pet
@@ -104,7 +107,7 @@ def evaluate_member(config: Config, data: Any, mesh: Any, folder: Path, out: Pat
     return results
 
 
-def evaluate_classifier(config: Config, data: Any, mesh: Any, folder: Path, out: Path,
+def evaluate_classifier(config: Config, data: TaskData, mesh: Mesh, folder: Path, out: Path,
                         run_results: dict[str, Any]) -> dict[str, Any]:
     """Scores one saved sequence classifier (distilled or baseline)."""
     from jaxpet.pipelines.distill import evaluate_classifier as score
@@ -132,7 +135,7 @@ def read_results(folder: Path) -> dict[str, Any]:
     return outputs.read_json(path) if path.is_file() else {}
 
 
-def evaluate_stage(config: Config, trained: Config, data: Any, mesh: Any, run: Path,
+def evaluate_stage(config: Config, trained: Config, data: TaskData, mesh: Mesh, run: Path,
                    out: Path, stage: str, names: list[str]) -> dict[str, Any]:
     """The saved members of one stage, and their merge when the run's whole ensemble was
     saved: {"members", "patterns", "pet"[, "ensemble"]}."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxpet.config import Config
 from jaxpet.pipelines.ipet_sets import (
@@ -23,10 +24,11 @@ from jaxpet.pipelines.ipet_sets import (
     generate_train_sets,
     num_new_examples,
 )
+from jaxpet.pipelines.setup import TaskData
 from jaxpet.runs import outputs
 
 
-def next_generation_sets(config: Config, data: Any, generation_dir: Path,
+def next_generation_sets(config: Config, data: TaskData, generation_dir: Path,
                          members: Mapping[str, Any], generation: int
                          ) -> dict[str, PseudoLabeledSet]:
     """The pseudo-labeled sets of the next generation, one per member (saved, or reused)."""
@@ -69,7 +71,7 @@ def member_train_arrays(labeled: Mapping[str, np.ndarray], unlabeled: Mapping[st
     return arrays
 
 
-def run_ipet(config: Config, data: Any, mesh: Any, out: Path) -> dict[str, Any]:
+def run_ipet(config: Config, data: TaskData, mesh: Mesh, out: Path) -> dict[str, Any]:
     """All generations, then the merge and distillation of the last one."""
     from jaxpet.pipelines.distill import finish_ensemble, merge_members, run_classifier
     from jaxpet.pipelines.model_saving import member_is_final

@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from jaxpet.config import Config
 from jaxpet.data.example import Example
+from jaxpet.models import LoadedModel
 from jaxpet.prompts.encoding import batch_encode, cut_counts, special_layout
 from jaxpet.runs.outputs import MetricsWriter, ThroughputLog, read_json, write_json
 
@@ -96,7 +98,7 @@ def encode_for_mlm(config: Config, examples: Sequence[Example], tokenizer: Any) 
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def make_warmup_loss(lm: Any, *, probability: float, max_targets: int, train_encoder: bool):
+def make_warmup_loss(lm: LoadedModel, *, probability: float, max_targets: int, train_encoder: bool):
     """The masked-LM loss_fn(params, batch, rng) of the stage (head run only at the targets).
 
     With train_encoder=False no gradient flows into the encoder (pair it with
@@ -144,13 +146,13 @@ def default_max_targets(probability: float, seq_length: int) -> int:
     return max(1, math.ceil(probability * seq_length * 1.25))
 
 
-def _replace_params(lm: Any, params: Any) -> Any:
+def _replace_params(lm: LoadedModel, params: Any) -> Any:
     import dataclasses
 
     return dataclasses.replace(lm, params=params)
 
 
-def run(config: Config, lm: Any, examples: Sequence[Example], mesh: Any,
+def run(config: Config, lm: LoadedModel, examples: Sequence[Example], mesh: Mesh,
         output_dir: str | Path) -> tuple[Any, dict]:
     """Trains `lm` (an MLM-head LoadedModel) on `examples`; returns (params, results dict)."""
     from jaxpet.data.batching import Batcher

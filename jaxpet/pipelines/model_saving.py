@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxpet.config import Config, ConfigError, to_dict
+from jaxpet.models import LoadedModel
+from jaxpet.pipelines.setup import TaskData
 from jaxpet.runs.saved_model import ModelCard, is_saved_model, write_model
 
 MODEL_FOLDER = "model"
@@ -66,7 +68,7 @@ def run_fingerprint(config: Config) -> dict[str, Any]:
     return fingerprint.run_fingerprint(config)
 
 
-def backbone(lm: Any) -> str:
+def backbone(lm: LoadedModel) -> str:
     """The model family of a loaded model (bert, roberta, xlm-roberta, albert, t5, mt5)."""
     return str(getattr(lm.config, "model_type", "t5"))
 
@@ -87,7 +89,7 @@ def host_params(params: Any) -> Any:
     return jax.tree.map(to_host, params)
 
 
-def save(folder: Path, lm: Any, params: Any, card: ModelCard) -> Path | None:
+def save(folder: Path, lm: LoadedModel, params: Any, card: ModelCard) -> Path | None:
     """Writes `lm` with `params` and `card` to `folder/model` (atomically), from process 0."""
     import jax
 
@@ -97,7 +99,8 @@ def save(folder: Path, lm: Any, params: Any, card: ModelCard) -> Path | None:
     return write_model(folder / MODEL_FOLDER, dataclasses.replace(lm, params=params), card)
 
 
-def pattern_card(config: Config, lm: Any, data: Any, pattern: Any, folder: Path) -> ModelCard:
+def pattern_card(config: Config, lm: LoadedModel, data: TaskData, pattern: Any,
+                 folder: Path) -> ModelCard:
     """The card of a PET member: its scorer kind, pattern, verbalizer and the run config."""
     from jaxpet.pipelines.setup import verbalizer_file
     from jaxpet.prompts import get_pvp
@@ -117,14 +120,14 @@ def pattern_card(config: Config, lm: Any, data: Any, pattern: Any, folder: Path)
         member=member_name(folder), config=to_dict(config), fingerprint=run_fingerprint(config))
 
 
-def save_member(config: Config, lm: Any, params: Any, data: Any, pattern: Any,
+def save_member(config: Config, lm: LoadedModel, params: Any, data: TaskData, pattern: Any,
                 folder: Path, final: bool) -> None:
     """Saves a trained PET member to `folder/model` when `output.save_models` keeps it."""
     if wants_model(config, final):
         save(folder, lm, params, pattern_card(config, lm, data, pattern, folder))
 
 
-def with_label_names(lm: Any, labels: list[str]) -> Any:
+def with_label_names(lm: LoadedModel, labels: list[str]) -> Any:
     """`lm` whose Hugging Face config names the labels (id2label / label2id), so that a
     transformers pipeline answers with the task's label names."""
     id2label = {str(i): str(name) for i, name in enumerate(labels)}
@@ -133,7 +136,7 @@ def with_label_names(lm: Any, labels: list[str]) -> Any:
     return dataclasses.replace(lm, config=dataclasses.replace(lm.config, hf_extra=extra))
 
 
-def save_classifier(config: Config, lm: Any, params: Any, labels: list[str], folder: Path,
+def save_classifier(config: Config, lm: LoadedModel, params: Any, labels: list[str], folder: Path,
                     final: bool) -> None:
     """Saves a trained sequence classifier (distilled or baseline) to `folder/model` when
     `output.save_models` keeps it, with its label names in config.json."""

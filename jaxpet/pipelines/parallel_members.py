@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxpet.config import Config
+from jaxpet.models import LoadedModel
 from jaxpet.runs import outputs
 
 
@@ -40,7 +42,7 @@ def _jobs(config: Config, patterns: Sequence[Any], out: Path,
     return jobs
 
 
-def member_constants(patterns: Sequence[Any], lm: Any) -> list[dict[str, np.ndarray]]:
+def member_constants(patterns: Sequence[Any], lm: LoadedModel) -> list[dict[str, np.ndarray]]:
     """Each member's scorer constants (verbalizer ids, T5 label targets), padded to the most
     words and tokens of any member (stacked members share shapes)."""
     from jaxpet.scoring.scorer import pad_member_constants
@@ -54,8 +56,9 @@ def member_loss(pattern: Any) -> Any:
     return pattern.scorer.member_loss_fn()
 
 
-def train_in_parallel(config: Config, lm: Any, params: Any, patterns: Sequence[Any], mesh: Any,
-                      out: Path, train_sets: Mapping[str, Mapping[str, np.ndarray]] | None = None
+def train_in_parallel(config: Config, lm: LoadedModel, params: Any, patterns: Sequence[Any],
+                      mesh: Mesh, out: Path,
+                      train_sets: Mapping[str, Mapping[str, np.ndarray]] | None = None
                       ) -> dict[str, tuple[Any, float]]:
     """Trains the eligible members together; returns {member name: (params, seconds)}."""
     from jaxpet.data.batching import Batcher

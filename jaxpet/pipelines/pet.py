@@ -26,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from jax.sharding import Mesh
 
 from jaxpet.config import Config, ConfigError, TrainingConfig, to_yaml
 from jaxpet.engine.compilation_cache import enable_compilation_cache
 from jaxpet.engine.optim import num_updates
 from jaxpet.engine.sharding import build_mesh, check_batch_sizes
+from jaxpet.models import LoadedModel
 from jaxpet.pipelines.setup import (
     MODEL_INPUTS,
     TaskData,
@@ -39,12 +41,13 @@ from jaxpet.pipelines.setup import (
     load_model,
     load_task_data,
 )
+from jaxpet.prompts.pvp import PVP
 from jaxpet.runs import outputs
 from jaxpet.runs.outputs import check_output_dir
 
 
 def train(config: Config, settings: TrainingConfig, loss_fn: Any, params: Any, groups: dict,
-          mesh: Any, folder: Path, seed: int) -> tuple[Any, float]:
+          mesh: Mesh, folder: Path, seed: int) -> tuple[Any, float]:
     """Fits `params` with `loss_fn` on the Batcher groups; returns (params, seconds)."""
     from jaxpet.data.batching import Batcher
     from jaxpet.engine.checkpoint import Checkpointer
@@ -129,7 +132,8 @@ def encoded_sets(scorer: Any, data: TaskData) -> dict[str, Any]:
             "unlabeled_eval": scorer.encode(data.unlabeled, "eval") if data.unlabeled else None}
 
 
-def prepare_pattern(config: Config, lm: Any, data: TaskData, pattern_id: int) -> PatternData:
+def prepare_pattern(config: Config, lm: LoadedModel, data: TaskData,
+                    pattern_id: int) -> PatternData:
     """Encodes the task's sets for one pattern with its Scorer (jaxpet.scoring.make_scorer)."""
     from jaxpet.pipelines.setup import verbalizer_file
     from jaxpet.prompts import get_pvp
@@ -153,7 +157,7 @@ def prepare_pattern(config: Config, lm: Any, data: TaskData, pattern_id: int) ->
                        scorer=scorer, **sets)
 
 
-def primed_eval_set(pvp: Any, tokenizer: Any, data: TaskData, seq: int) -> dict[str, np.ndarray]:
+def primed_eval_set(pvp: PVP, tokenizer: Any, data: TaskData, seq: int) -> dict[str, np.ndarray]:
     """The eval set encoded after all labeled examples as demonstrations (eval.priming), as
     the original PET primes its evaluation; training and the unlabeled set are not primed."""
     from jaxpet.data.batching import DEFAULT_BUCKETS, trim_to_bucket
@@ -168,7 +172,7 @@ def primed_eval_set(pvp: Any, tokenizer: Any, data: TaskData, seq: int) -> dict[
                           DEFAULT_BUCKETS)
 
 
-def check_decoder_memory(config: Config, lm: Any, patterns: Sequence[PatternData]) -> None:
+def check_decoder_memory(config: Config, lm: LoadedModel, patterns: Sequence[PatternData]) -> None:
     """check_memory of a backbone whose decoder scores the label targets (T5): its decoder
     length is the most positions any pattern's scorer needs (load_model could not know it)."""
     positions = [p.scorer.decoder_positions for p in patterns
@@ -193,7 +197,7 @@ def share_logits_fns(patterns: Sequence[PatternData]) -> list[PatternData]:
 
 
 def predict_logits(config: Config, fn: Any, params: Any, arrays: Mapping[str, np.ndarray],
-                   mesh: Any) -> np.ndarray:
+                   mesh: Mesh) -> np.ndarray:
     from jaxpet.data.batching import DEFAULT_BUCKETS, trim_to_bucket
     from jaxpet.engine.training import predict
 
@@ -203,7 +207,7 @@ def predict_logits(config: Config, fn: Any, params: Any, arrays: Mapping[str, np
 
 def pattern_scores(config: Config, pattern: PatternData, params: Any,
                    arrays: Mapping[str, np.ndarray], examples: Sequence[Any] | None,
-                   mesh: Any) -> tuple[np.ndarray, list[str] | None]:
+                   mesh: Mesh) -> tuple[np.ndarray, list[str] | None]:
     """([N, C] label scores, generated texts or None) of `arrays` (rows of `examples`) with
     the pattern's compiled scores function, finalized by its scorer (WSC: string match)."""
     from jaxpet.engine.training import predict
@@ -214,7 +218,7 @@ def pattern_scores(config: Config, pattern: PatternData, params: Any,
 
 
 def zero_shot(config: Config, patterns: Sequence[PatternData], params: Any, data: TaskData,
-              mesh: Any) -> dict[str, dict[str, float]]:
+              mesh: Mesh) -> dict[str, dict[str, float]]:
     """Eval-set metrics of every pattern with untrained `params`."""
     return {f"p{p.pattern_id}": evaluate_scores(
         data.name, data.labels, data.eval,
@@ -237,7 +241,7 @@ def training_groups(config: Config, pattern: PatternData, train_set: Mapping[str
 
 def labeled_set_accuracy(config: Config, pattern: PatternData, params: Any,
                          train_set: Mapping[str, np.ndarray], data: TaskData,
-                         mesh: Any) -> float:
+                         mesh: Mesh) -> float:
     """Accuracy on the labeled set (PET's train_set_before/after_training): the training
     arrays themselves, or the labeled examples in the scorer's scoring layout."""
     arrays, examples = train_set, None
@@ -249,8 +253,8 @@ def labeled_set_accuracy(config: Config, pattern: PatternData, params: Any,
     return accuracy(pattern_scores(config, pattern, params, arrays, examples, mesh)[0], gold_N)
 
 
-def train_member(config: Config, lm: Any, params: Any, pattern: PatternData, data: TaskData,
-                 mesh: Any, folder: Path, repetition: int,
+def train_member(config: Config, lm: LoadedModel, params: Any, pattern: PatternData, data: TaskData,
+                 mesh: Mesh, folder: Path, repetition: int,
                  train_arrays: Mapping[str, np.ndarray] | None = None,
                  pretrained: tuple[Any, float] | None = None,
                  final: bool = True) -> dict[str, Any]:
@@ -306,7 +310,7 @@ def train_member(config: Config, lm: Any, params: Any, pattern: PatternData, dat
 
 
 def evaluate_member(config: Config, pattern: PatternData, params: Any, data: TaskData,
-                    mesh: Any, folder: Path) -> dict[str, float]:
+                    mesh: Mesh, folder: Path) -> dict[str, float]:
     """Scores the eval set with one member's `params`, writes eval_logits.npy and
     predictions.jsonl to `folder`; returns the eval metrics. Training and method evaluate
     (jaxpet.pipelines.evaluate) both score a member through it."""
@@ -333,7 +337,7 @@ def aggregate(members: Mapping[str, Mapping[str, Any]], key_of: Any) -> dict[str
             for key, runs in grouped.items()}
 
 
-def prepare_pet(config: Config, data: TaskData, mesh: Any,
+def prepare_pet(config: Config, data: TaskData, mesh: Mesh,
                 out: Path) -> tuple[Any, Any, list[PatternData], dict[str, Any]]:
     """Checks batch sizes, loads the MLM, encodes every pattern, runs the MLM warm-up and the
     zero-shot evaluations; returns (lm, start params, patterns, results so far)."""
@@ -363,7 +367,7 @@ def prepare_pet(config: Config, data: TaskData, mesh: Any,
     return lm, params, patterns, results
 
 
-def place_params(params: Any, mesh: Any) -> Any:
+def place_params(params: Any, mesh: Mesh) -> Any:
     """`params` on the mesh as the Trainer places them: predictions before and after training
     then share one compiled program, and a large model is not held whole on one device."""
     from jaxpet.engine.sharding import param_shardings, place
@@ -371,8 +375,8 @@ def place_params(params: Any, mesh: Any) -> Any:
     return place(params, param_shardings(params, mesh))
 
 
-def train_ensemble(config: Config, lm: Any, params: Any, patterns: Sequence[PatternData],
-                   data: TaskData, mesh: Any, out: Path,
+def train_ensemble(config: Config, lm: LoadedModel, params: Any, patterns: Sequence[PatternData],
+                   data: TaskData, mesh: Mesh, out: Path,
                    train_sets: Mapping[str, Mapping[str, np.ndarray]] | None = None,
                    final: bool = True) -> dict[str, Any]:
     """Every pattern x repetition member in `out/p{P}-s{S}`; `train_sets` (by member name)
@@ -401,7 +405,7 @@ def warmed_up_encoder(config: Config, params: Any) -> Any:
     return params.get("encoder") if config.mlm_pretrain.enabled else None
 
 
-def run_pet(config: Config, data: TaskData, mesh: Any, out: Path) -> dict[str, Any]:
+def run_pet(config: Config, data: TaskData, mesh: Mesh, out: Path) -> dict[str, Any]:
     """PET: the ensemble, its merge and distillation (and the baseline when asked)."""
     from jaxpet.pipelines.distill import finish_ensemble, run_classifier
     from jaxpet.pipelines.model_saving import member_is_final
@@ -416,7 +420,7 @@ def run_pet(config: Config, data: TaskData, mesh: Any, out: Path) -> dict[str, A
     return results
 
 
-def warm_up_encoder(config: Config, data: TaskData, mesh: Any, out: Path) -> tuple[Any, dict]:
+def warm_up_encoder(config: Config, data: TaskData, mesh: Mesh, out: Path) -> tuple[Any, dict]:
     """Runs the MLM warm-up stage alone; returns (encoder params, stage results)."""
     from jaxpet.pipelines import mlm_pretrain
     check_batch_sizes(mesh, {"mlm_pretrain.batch_size": config.mlm_pretrain.batch_size})

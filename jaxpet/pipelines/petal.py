@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from jaxpet.config import Config, ConfigError
+from jaxpet.models import LoadedModel
 
 MIN_LETTERS = 2  # a real word has at least this many letters (the paper's filter)
 
@@ -102,7 +103,7 @@ def _log_probs_at_mask(module: Any, params: Any, input_ids_BxS: Any, attention_m
     return jax.nn.log_softmax(logits_Bx1xV[:, 0].astype("float32"), axis=-1)
 
 
-def mask_log_probs(lm: Any, params: Any, enc: dict[str, np.ndarray],
+def mask_log_probs(lm: LoadedModel, params: Any, enc: dict[str, np.ndarray],
                    batch_size: int) -> np.ndarray:
     """[N, V] log-probabilities of every vocabulary token at each example's (single) mask.
 

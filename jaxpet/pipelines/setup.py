@@ -14,6 +14,7 @@ import numpy as np
 from jaxpet.config import Config
 from jaxpet.data.example import Example
 from jaxpet.metrics import compute_metrics, record_accuracy, task_metrics
+from jaxpet.models import LoadedModel
 from jaxpet.models.minilm import resolve_model_name
 from jaxpet.models.options import with_model_options
 from jaxpet.runs import outputs
@@ -118,7 +119,7 @@ def load_model(config: Config, head: str, num_labels: int | None = None,
     return lm
 
 
-def check_memory(config: Config, lm: Any, head: str, target_len: int | None = None) -> None:
+def check_memory(config: Config, lm: LoadedModel, head: str, target_len: int | None = None) -> None:
     """Prints the per-device memory estimate of this model's train step, and fails before
     compiling when the devices report less memory than it needs (jaxpet.engine.memory).
 

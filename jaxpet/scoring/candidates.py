@@ -15,10 +15,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxpet.config import Config
 from jaxpet.data.batching import DEFAULT_BUCKETS, bucket_length
 from jaxpet.data.example import Example
 from jaxpet.decoding.wsc_match import wsc_generated_text, wsc_string_match
 from jaxpet.engine.sharding import batch_divisor, make_mesh
+from jaxpet.models import LoadedModel
 from jaxpet.prompts.builtin import RecordPVP, WscPVP
 from jaxpet.prompts.multitoken import (
     as_multi_token,
@@ -26,6 +28,7 @@ from jaxpet.prompts.multitoken import (
     encode_multi_token,
     encode_multi_token_decoding,
 )
+from jaxpet.prompts.pvp import PVP
 from jaxpet.scoring.candidates_step import (
     make_candidate_scores_fn,
     make_generate_fn,
@@ -50,7 +53,7 @@ def trim_sequences(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def batch_shards(config: Any) -> int:
+def batch_shards(config: Config) -> int:
     """The batch shards of the run's mesh (candidate decoding splits its rows in as many)."""
     devices = jax.devices()
     if config.mesh.data > 0:
@@ -74,7 +77,7 @@ class CandidatesScorer:
     decoder_positions = None
     constant_pad: dict[str, int] = {}
 
-    def __init__(self, pvp: Any, lm: Any, config: Any) -> None:
+    def __init__(self, pvp: PVP, lm: LoadedModel, config: Config) -> None:
         self.pvp = as_multi_token(pvp)
         self.lm, self.config = lm, config
         self.pattern_id = pvp.pattern_id

@@ -12,8 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from jaxpet.config import Config
 from jaxpet.data.batching import DEFAULT_BUCKETS, trim_to_bucket
 from jaxpet.data.example import Example
+from jaxpet.models import LoadedModel
+from jaxpet.prompts.pvp import PVP
 from jaxpet.scoring.cloze_step import make_label_logits_fn, make_member_pet_loss, make_pet_loss
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -31,7 +34,7 @@ class LabelWordScorer:
     decoder_positions: int | None = None
     constant_pad: dict[str, int] = {}
 
-    def __init__(self, pvp: Any, lm: Any, config: Any) -> None:
+    def __init__(self, pvp: PVP, lm: LoadedModel, config: Config) -> None:
         self.pvp, self.lm, self.config = pvp, lm, config
         self.pattern_id = pvp.pattern_id
         self.constants: dict[str, np.ndarray] = {}
@@ -88,7 +91,7 @@ class LabelWordScorer:
                              for k, a in sorted(self.constants.items())))
 
 
-def pet_loss_kwargs(config: Any, lm: Any) -> dict[str, Any]:
+def pet_loss_kwargs(config: Config, lm: LoadedModel) -> dict[str, Any]:
     """make_pet_loss's keyword arguments (all but the verbalizer) from the config and model."""
     settings = config.pet
     return dict(alpha=settings.alpha, mask_token_id=lm.tokenizer.mask_token_id,
@@ -106,7 +109,7 @@ class ClozeScorer(LabelWordScorer):
     supports_mlm = True
     supports_priming = True
 
-    def __init__(self, pvp: Any, lm: Any, config: Any) -> None:
+    def __init__(self, pvp: PVP, lm: LoadedModel, config: Config) -> None:
         super().__init__(pvp, lm, config)
         self.verbalizer_ids_LxW = np.asarray(pvp.verbalizer_ids(lm.tokenizer))
         self.constants = {"verbalizer_ids": self.verbalizer_ids_LxW}

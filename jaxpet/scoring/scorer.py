@@ -14,7 +14,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from jaxpet.config import Config
 from jaxpet.data.example import Example
+from jaxpet.models import LoadedModel
+from jaxpet.prompts.pvp import PVP
 from jaxpet.scoring.candidates import CandidatesScorer
 from jaxpet.scoring.cloze import ClozeScorer
 from jaxpet.scoring.seq2seq import Seq2SeqScorer
@@ -34,7 +37,7 @@ class Scorer(Protocol):
 
     kind: str  # "cloze" | "candidates" | "seq2seq"
     pattern_id: int
-    pvp: Any
+    pvp: PVP
     constants: dict[str, np.ndarray]
     constant_pad: dict[str, int]  # pad value of each constant that may be padded
     supports_mlm: bool  # the auxiliary MLM loss on unlabeled rows (pet.lm_training)
@@ -89,7 +92,7 @@ class Scorer(Protocol):
         """Scorers with equal keys may share one scores_fn (one compiled program); None: never."""
 
 
-def needs_multi_token(pvp: Any, tokenizer: Any) -> bool:
+def needs_multi_token(pvp: PVP, tokenizer: Any) -> bool:
     """True for multi-token PVPs and for verbalizers with a word of several tokens."""
     if pvp.multi_token:
         return True
@@ -97,7 +100,7 @@ def needs_multi_token(pvp: Any, tokenizer: Any) -> bool:
     return any(len(ids) != 1 for ids in pvp.word_ids(words, tokenizer))
 
 
-def make_scorer(pvp: Any, lm: Any, config: Any) -> Scorer:
+def make_scorer(pvp: PVP, lm: LoadedModel, config: Config) -> Scorer:
     """The Scorer of `pvp` on the loaded model `lm` under the run's `config`.
 
     T5 scores label words of any length in one decoder pass (never multi-token); a masked LM

@@ -17,8 +17,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpet.config import Config
 from jaxpet.decoding.seq2seq import target_log_likelihood, teacher_forcing
 from jaxpet.losses import cloze_loss
+from jaxpet.models import LoadedModel
+from jaxpet.prompts.pvp import PVP
 from jaxpet.scoring.cloze import LabelWordScorer
 
 SENTINEL = "<extra_id_0>"
@@ -43,7 +46,7 @@ def sentinel_tokenizer(tokenizer: Any, sentinel: str = SENTINEL) -> Any:
     return tok
 
 
-def t5_pet_encode(pvp: Any, examples: Sequence[Any], tokenizer: Any,
+def t5_pet_encode(pvp: PVP, examples: Sequence[Any], tokenizer: Any,
                   max_seq_length: int) -> dict[str, np.ndarray]:
     """input_ids / attention_mask [N, S] and labels [N] (-1 unlabeled) for a T5 encoder.
 
@@ -91,7 +94,7 @@ def pad_targets(token_lists: Sequence[Sequence[int]], length: int | None = None,
     return ids_CxT, mask_CxT
 
 
-def t5_label_targets(pvp: Any, tokenizer: Any) -> tuple[np.ndarray, np.ndarray]:
+def t5_label_targets(pvp: PVP, tokenizer: Any) -> tuple[np.ndarray, np.ndarray]:
     """Decoder targets `<extra_id_0> word` of every label's words: ids and mask [L, W, T]
     (W = most words of any label; a label with fewer words has all-zero mask rows)."""
     if not getattr(pvp.verbalizer, "words", None):
@@ -222,7 +225,7 @@ def pad_label_targets(ids_LxWxT: np.ndarray, mask_LxWxT: np.ndarray, words: int,
             np.pad(mask_LxWxT, widths, constant_values=0))
 
 
-def check_t5_pattern(pvp: Any) -> None:
+def check_t5_pattern(pvp: PVP) -> None:
     """Fails for patterns whose answers are per-example candidates (COPA, WSC, ReCoRD)."""
     if getattr(pvp, "multi_token", False) or not getattr(pvp.verbalizer, "words", None):
         raise ValueError(
@@ -231,7 +234,7 @@ def check_t5_pattern(pvp: Any) -> None:
             "only. Use an encoder masked LM (BERT, RoBERTa, ALBERT) for this task")
 
 
-def check_t5_pet_options(config: Any) -> None:
+def check_t5_pet_options(config: Config) -> None:
     """Fails before any training on the options a T5 PET backbone does not support."""
     from jaxpet.config import ConfigError
 
@@ -254,7 +257,7 @@ class Seq2SeqScorer(LabelWordScorer):
     supports_mlm = False
     supports_priming = False
 
-    def __init__(self, pvp: Any, lm: Any, config: Any) -> None:
+    def __init__(self, pvp: PVP, lm: LoadedModel, config: Config) -> None:
         check_t5_pattern(pvp)
         super().__init__(pvp, lm, config)
         self.label_targets = t5_label_targets(pvp, lm.tokenizer)
