@@ -15,12 +15,23 @@ from typing import Any
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxpet.config import Config
+from jaxpet.config import Config, merge_config
+from jaxpet.config.load import fill_unread
 from jaxpet.data.example import Example
 from jaxpet.data.files import read_jsonl
-from jaxpet.models import LoadedModel
-from jaxpet.pipelines.setup import TaskData
+from jaxpet.data.hf_dataset import load_splits
+from jaxpet.data.tasks import get_task
+from jaxpet.engine.sharding import build_mesh, make_mesh
+from jaxpet.models import LoadedModel, load_pretrained
+from jaxpet.pipelines.merge import merge_logits, softmax
+from jaxpet.pipelines.setup import TaskData, register_config_task
+from jaxpet.prompts.encoding import special_layout
+from jaxpet.runs import outputs
 from jaxpet.runs.saved_model import ModelCard, SavedModelError, is_saved_model, read_card
+from jaxpet.scoring.cloze_step import make_classifier_logits_fn
+
+# the PET pipeline's member and classifier functions are imported where they are used:
+# they load the pipeline, which `jaxpet predict` of a single saved model does not need.
 
 # the head each scorer kind loads its saved folder with (jaxpet.models.load_pretrained)
 HEADS = {"cloze": "mlm", "candidates": "mlm", "seq2seq": "seq2seq", "classifier": "classifier"}
@@ -58,7 +69,6 @@ class SavedScorer:
 
         if self.card.scorer == "classifier":
             from jaxpet.pipelines.distill import encode_classifier_inputs
-            from jaxpet.scoring.cloze_step import make_classifier_logits_fn
 
             self.fn = self.fn or make_classifier_logits_fn(self.lm.module.apply)
             arrays = encode_classifier_inputs(self.lm, examples, self.card.max_seq_length)
@@ -100,7 +110,6 @@ class Predictor:
         """Label scores [N, L]: the model's raw scores, or for an ensemble the members' scores
         merged by the run's `pet.reduction` (jaxpet.pipelines.merge.merge_logits, float32 as the run
         writes ensemble/eval_logits.npy)."""
-        from jaxpet.pipelines.merge import merge_logits
 
         examples = as_examples(examples)
         if not examples:
@@ -115,7 +124,6 @@ class Predictor:
         """(label names [N], probabilities [N, L] float64): the softmax of `scores` over the
         labels (for an ensemble, of the merged scores, as PET turns the merged logits into
         soft labels); the label is the one with the highest score."""
-        from jaxpet.pipelines.merge import softmax
 
         scores_NxL = self.scores(examples)
         probs_NxL = softmax(scores_NxL) if len(scores_NxL) else scores_NxL.astype(np.float64)
@@ -125,7 +133,6 @@ class Predictor:
         """One warning for all inputs whose texts and special tokens alone need more than
         max_seq_length tokens: they are cut as in training (PET's truncation of the
         shortenable parts). A pattern's own words may cut a few more texts than it names."""
-        from jaxpet.prompts.encoding import special_layout
 
         tokenizer = self.scorers[0].lm.tokenizer
 
@@ -234,7 +241,6 @@ def read_input(path: str, task: str) -> list[Example]:
 
 def _dataset_folder(path: str) -> list[Example]:
     """The rows of a save_to_disk folder (its one split, or its "test" split) as inputs."""
-    from jaxpet.data.hf_dataset import load_splits
 
     splits = load_splits(path)
     name = next(iter(splits)) if len(splits) == 1 else "test" if "test" in splits else None
@@ -293,8 +299,6 @@ def _csv(text: str, path: str, delimiter: str) -> tuple[list[Example] | None, li
 
 
 def _task_file(path: str, task: str) -> list[Example]:
-    from jaxpet.data.tasks import get_task
-
     try:
         examples = get_task(task).reader(path, "test")
     except (ValueError, KeyError) as error:
@@ -312,8 +316,6 @@ def card_config(card: ModelCard, folder: Path, batch_size: int | None) -> Any:
     prediction batch size applied)."""
     from omegaconf import OmegaConf
 
-    from jaxpet.config import Config, merge_config
-    from jaxpet.config.load import fill_unread
 
     if not card.config:
         raise SavedModelError(f"{folder / 'jaxpet.json'}: no run config; jaxpet predict needs "
@@ -338,7 +340,6 @@ def card_config(card: ModelCard, folder: Path, batch_size: int | None) -> Any:
 
 def prediction_mesh(config: Config) -> Any:
     """The run's mesh when this machine has its devices, else all devices data-parallel."""
-    from jaxpet.engine.sharding import build_mesh, make_mesh
 
     try:
         return build_mesh(config)
@@ -351,10 +352,7 @@ def load_scorer(folder: Path, batch_size: int | None = None,
     """One saved model folder as a SavedScorer; errors name the folder's file and key."""
     import jax.numpy as jnp
 
-    from jaxpet.data.tasks import get_task
-    from jaxpet.models import load_pretrained
     from jaxpet.pipelines.pet import place_params
-    from jaxpet.pipelines.setup import register_config_task
 
     card = read_card(folder)
     config = card_config(card, folder, batch_size)
@@ -467,8 +465,6 @@ def predict_file(model: str, input_path: str, output: str | None = None,
                  batch_size: int | None = None) -> int:
     """`jaxpet predict`: labels every input example and writes JSONL (stdout when `output`
     is None); returns the number of examples."""
-    from jaxpet.pipelines.merge import softmax
-    from jaxpet.runs import outputs
 
     predictor = load(model, batch_size)
     examples = read_input(input_path, predictor.scorers[0].card.task)

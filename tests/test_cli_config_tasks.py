@@ -78,13 +78,15 @@ def test_the_method_chooses_the_sections_a_config_may_set(tmp_path):
 
 def test_a_model_that_cannot_fit_fails_before_compiling(tmp_path, monkeypatch, capsys):
     import jaxpet.engine.memory
+    import jaxpet.pipelines.setup
     from jaxpet.pipelines.setup import load_model
 
     workspace = build_workspace(tmp_path)
     config = load_config(workspace["config"])
     lm = load_model(config, "mlm")  # the CPU reports no memory limit: estimate only
     assert "memory estimate: bert" in capsys.readouterr().out
-    monkeypatch.setattr(jaxpet.engine.memory, "device_memory_bytes", lambda device=None: 1024)
+    # the device query as the model loader sees it
+    monkeypatch.setattr(jaxpet.pipelines.setup, "device_memory_bytes", lambda device=None: 1024)
     with pytest.raises(jaxpet.engine.memory.DoesNotFit, match="To fit, try"):
         load_model(config, "mlm")
     assert lm.config.model_type == "bert"

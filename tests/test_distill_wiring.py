@@ -734,7 +734,6 @@ def test_distillation_epochs_step_through_the_unlabeled_set_in_its_own_batches(t
                                                                               monkeypatch):
     # PET replaces the distillation's train loader by the unlabeled loader before it counts the
     # steps, so num_train_epochs passes take ceil(N / unlabeled batch) steps each.
-    import jaxpet.engine.training
     from jaxpet.pipelines import pet
 
     captured = {}
@@ -750,8 +749,8 @@ def test_distillation_epochs_step_through_the_unlabeled_set_in_its_own_batches(t
         def init(self, params):
             return SimpleNamespace(params=params)
 
-    monkeypatch.setattr(jaxpet.engine.training, "fit", fake_fit)
-    monkeypatch.setattr(jaxpet.engine.training, "Trainer", FakeTrainer)
+    monkeypatch.setattr(pet, "fit", fake_fit)
+    monkeypatch.setattr(pet, "Trainer", FakeTrainer)
     config = _config(tmp_path)
     settings = ClassifierConfig(max_steps=-1, num_train_epochs=2, train_batch_size=2,
                                 unlabeled_batch_size=4)

@@ -24,18 +24,30 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxpet.config import Config
+from jaxpet.config import Config, ConfigError
+from jaxpet.engine.sharding import check_batch_sizes
 from jaxpet.models import LoadedModel
+from jaxpet.pipelines import model_saving
 from jaxpet.pipelines.merge import merge_logits
-from jaxpet.pipelines.setup import TaskData
+from jaxpet.pipelines.mlm_pretrain import encode_texts
+from jaxpet.pipelines.setup import (
+    TaskData,
+    evaluate_logits,
+    evaluate_scores,
+    is_t5_checkpoint,
+    label_indices,
+    write_predictions,
+)
 from jaxpet.runs import outputs
+from jaxpet.scoring.cloze_step import make_classifier_logits_fn, make_classifier_loss
+
+# jaxpet.pipelines.pet imports this module: its names are imported where they are used.
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def encode_classifier_inputs(lm: LoadedModel, examples: Sequence[Any], max_seq_length: int) -> dict:
     """Plain text (text_a [, text_b]) encoded for a sequence classifier."""
-    from jaxpet.pipelines.mlm_pretrain import encode_texts
 
     return {k: v for k, v in encode_texts(examples, lm.tokenizer, max_seq_length)[0].items()
             if k in MODEL_INPUTS}
@@ -56,8 +68,6 @@ def needs_classifier(config: Config) -> bool:
 
 def check_classifier_model(config: Config) -> None:
     """Fails (before any training) when the sequence classifier would be a T5 checkpoint."""
-    from jaxpet.config import ConfigError
-    from jaxpet.pipelines.setup import is_t5_checkpoint
 
     name = classifier_model_name(config)
     source = ("classifier.model" if config.classifier.model
@@ -108,11 +118,7 @@ def fit_classifier(config: Config, loss_fn: Any, params: Any, groups: dict, mesh
 def run_classifier(config: Config, data: TaskData, mesh: Mesh, out: Path,
                    encoder_params: Any = None) -> dict[str, Any]:
     """Supervised sequence classifier(s) on the labeled set; one folder `sc-s{S}` each."""
-    from jaxpet.engine.sharding import check_batch_sizes
-    from jaxpet.pipelines import model_saving
     from jaxpet.pipelines.pet import aggregate
-    from jaxpet.pipelines.setup import label_indices
-    from jaxpet.scoring.cloze_step import make_classifier_loss
 
     settings = config.classifier
     check_batch_sizes(mesh, {"classifier.train_batch_size": settings.train_batch_size,
@@ -152,8 +158,6 @@ def evaluate_classifier(config: Config, lm: LoadedModel, params: Any, data: Task
     predictions.jsonl to `folder`; returns the eval metrics. Training and method evaluate
     (jaxpet.pipelines.evaluate) both score a classifier through it."""
     from jaxpet.pipelines.pet import predict_logits
-    from jaxpet.pipelines.setup import evaluate_logits, write_predictions
-    from jaxpet.scoring.cloze_step import make_classifier_logits_fn
 
     eval_arrays = encode_classifier_inputs(lm, data.eval, max_seq_length)
     logits_fn = make_classifier_logits_fn(lm.module.apply)
@@ -170,7 +174,6 @@ def merge_members(config: Config, data: TaskData, member_dir: Path, members: Map
     `eval_logits.npy`, `unlabeled_logits.npy` (when the members have them), predictions.jsonl
     and results.json; returns the results (eval metrics of the merged scores).
     """
-    from jaxpet.pipelines.setup import evaluate_scores, write_predictions
 
     names = sorted(members)
     weights_M = np.asarray([members[n]["train_set_before_training"] for n in names])
@@ -202,10 +205,7 @@ def merge_members(config: Config, data: TaskData, member_dir: Path, members: Map
 def distill(config: Config, data: TaskData, mesh: Mesh, out: Path, teacher_NxL: np.ndarray,
             encoder_params: Any = None) -> dict[str, Any]:
     """Trains the final classifier on the unlabeled set against `teacher_NxL` soft labels."""
-    from jaxpet.engine.sharding import check_batch_sizes
-    from jaxpet.pipelines import model_saving
     from jaxpet.pipelines.pet import predict_logits
-    from jaxpet.scoring.cloze_step import make_classifier_logits_fn, make_classifier_loss
 
     folder = out / "distilled"
     if (folder / "results.json").exists():

@@ -22,10 +22,18 @@ from typing import Any
 
 from jax.sharding import Mesh
 
-from jaxpet.config import Config, ConfigError, to_yaml
-from jaxpet.pipelines.setup import TaskData
-from jaxpet.runs import outputs
+from jaxpet.config import Config, ConfigError, load_config, merge_config, to_yaml
+from jaxpet.config.load import fill_unread
+from jaxpet.engine.compilation_cache import enable_compilation_cache
+from jaxpet.engine.sharding import build_mesh
+from jaxpet.pipelines.setup import TaskData, load_model, load_task_data
+from jaxpet.runs import fingerprint, outputs
+from jaxpet.runs.lock import RunLock
+from jaxpet.runs.outputs import check_output_dir
+from jaxpet.runs.report import write_report
 from jaxpet.runs.saved_model import is_saved_model, read_card
+
+# jaxpet.pipelines.pet imports this module: its names are imported where they are used.
 
 MEMBER = re.compile(r"p\d+-s\d+")
 GENERATION = re.compile(r"g\d+")
@@ -42,7 +50,6 @@ def folders(config: Config) -> tuple[Path, Path]:
 
 def run_config(run: Path) -> Config:
     """The resolved config that the run stored in its folder."""
-    from jaxpet.config import load_config
 
     if not run.is_dir():
         raise ConfigError(f"config key 'evaluate.run_dir' ({run}): no such run folder")
@@ -72,8 +79,6 @@ def member_config(config: Config, card: Any, folder: Path) -> Config:
     the evaluation's `config`."""
     from omegaconf import OmegaConf
 
-    from jaxpet.config import merge_config
-    from jaxpet.config.load import fill_unread
 
     merged = merge_config(OmegaConf.structured(Config), OmegaConf.create(card.config),
                           f"{folder / 'jaxpet.json'} (config)")
@@ -91,7 +96,6 @@ def evaluate_member(config: Config, data: TaskData, mesh: Mesh, folder: Path, ou
                     run_results: dict[str, Any]) -> dict[str, Any]:
     """Scores one saved PET member; its results are the run's with the new eval metrics."""
     from jaxpet.pipelines import pet
-    from jaxpet.pipelines.setup import load_model
 
     card = read_card(folder / "model")
     settings = member_config(config, card, folder / "model")
@@ -112,7 +116,6 @@ def evaluate_classifier(config: Config, data: TaskData, mesh: Mesh, folder: Path
     """Scores one saved sequence classifier (distilled or baseline)."""
     from jaxpet.pipelines.distill import evaluate_classifier as score
     from jaxpet.pipelines.pet import place_params
-    from jaxpet.pipelines.setup import load_model
 
     card = read_card(folder / "model")
     settings = member_config(config, card, folder / "model")
@@ -168,7 +171,6 @@ def evaluate_stage(config: Config, trained: Config, data: TaskData, mesh: Mesh, 
 
 def check_output(out: Path, run: Path) -> None:
     """The evaluation's folder must not be a training run's (its results would be mixed)."""
-    from jaxpet.runs import fingerprint
     if not fingerprint.holds_results(out):
         return
     previous = read_results(out)
@@ -184,8 +186,6 @@ def run(config: Config) -> dict[str, Any]:
     """Scores the saved models of the run folder; writes and returns the results."""
     import jax
 
-    from jaxpet.runs.lock import RunLock
-    from jaxpet.runs.outputs import check_output_dir
 
     start = time.perf_counter()
     run_dir, out = folders(config)
@@ -201,10 +201,7 @@ def run(config: Config) -> dict[str, Any]:
 
 def evaluate_in_folder(config: Config, trained: Config, run: Path, out: Path,
                        start: float) -> dict[str, Any]:
-    from jaxpet.engine.compilation_cache import enable_compilation_cache
-    from jaxpet.engine.sharding import build_mesh
     from jaxpet.pipelines.pet import aggregate
-    from jaxpet.pipelines.setup import load_task_data
 
     names = {stage: saved_members(run / stage) for stage in stages(run, trained.method)
              if (run / stage).is_dir()}
@@ -259,7 +256,6 @@ def evaluate_in_folder(config: Config, trained: Config, run: Path, out: Path,
         results["classifier"] = {"members": members, **aggregate(members, lambda r: "summary")}
     results["wall_time_s"] = time.perf_counter() - start
     outputs.write_json(out / "results.json", results)
-    from jaxpet.runs.report import write_report
 
     print(write_report(out, results))
     return results

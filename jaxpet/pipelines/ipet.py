@@ -24,8 +24,11 @@ from jaxpet.pipelines.ipet_sets import (
     generate_train_sets,
     num_new_examples,
 )
+from jaxpet.pipelines.model_saving import member_is_final
 from jaxpet.pipelines.setup import TaskData
 from jaxpet.runs import outputs
+
+# jaxpet.pipelines.pet imports this module: its names are imported where they are used.
 
 
 def next_generation_sets(config: Config, data: TaskData, generation_dir: Path,
@@ -74,7 +77,6 @@ def member_train_arrays(labeled: Mapping[str, np.ndarray], unlabeled: Mapping[st
 def run_ipet(config: Config, data: TaskData, mesh: Mesh, out: Path) -> dict[str, Any]:
     """All generations, then the merge and distillation of the last one."""
     from jaxpet.pipelines.distill import finish_ensemble, merge_members, run_classifier
-    from jaxpet.pipelines.model_saving import member_is_final
     from jaxpet.pipelines.pet import prepare_pet, train_ensemble, warmed_up_encoder
 
     if not data.unlabeled:

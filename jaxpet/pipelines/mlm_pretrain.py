@@ -22,10 +22,16 @@ import optax
 from jax.sharding import Mesh
 
 from jaxpet.config import Config
+from jaxpet.data.batching import Batcher
 from jaxpet.data.example import Example
-from jaxpet.models import LoadedModel
+from jaxpet.engine.checkpoint import Checkpointer
+from jaxpet.engine.optim import decay_mask, make_learning_rate_fn, make_optimizer, make_schedule
+from jaxpet.engine.training import Trainer, fit
+from jaxpet.models import LoadedModel, load_pretrained, save_pretrained
+from jaxpet.prompts import get_pvp
 from jaxpet.prompts.encoding import batch_encode, cut_counts, special_layout
 from jaxpet.runs.outputs import MetricsWriter, ThroughputLog, read_json, write_json
+from jaxpet.scoring.cloze_step import make_mlm_loss
 
 # Top-level parameter subtree of the encoder in jaxpet's masked-LM module; everything else
 # (transform, transform_norm, bias) is the MLM head.
@@ -85,7 +91,6 @@ def encode_for_mlm(config: Config, examples: Sequence[Example], tokenizer: Any) 
             print(f"mlm_pretrain: {truncated} of {len(examples)} texts truncated to "
                   f"{settings.max_seq_length} tokens")
         return arrays
-    from jaxpet.prompts import get_pvp
 
     parts = []
     for pattern_id in config.pet.pattern_ids:
@@ -104,7 +109,6 @@ def make_warmup_loss(lm: LoadedModel, *, probability: float, max_targets: int, t
     With train_encoder=False no gradient flows into the encoder (pair it with
     `head_only_optimizer`), so the backward pass stops at the head.
     """
-    from jaxpet.scoring.cloze_step import make_mlm_loss
 
     tokenizer = lm.tokenizer
     mlm_loss_fn = make_mlm_loss(
@@ -128,7 +132,6 @@ def head_only_optimizer(learning_rate: float, num_steps: int, warmup_steps: int,
     With the encoder's gradient stopped, Adam's update of every encoder weight is exactly 0,
     so the frozen encoder stays bit-identical.
     """
-    from jaxpet.engine.optim import decay_mask, make_schedule
 
     def mask(params):
         decays = decay_mask(params)
@@ -155,11 +158,6 @@ def _replace_params(lm: LoadedModel, params: Any) -> Any:
 def run(config: Config, lm: LoadedModel, examples: Sequence[Example], mesh: Mesh,
         output_dir: str | Path) -> tuple[Any, dict]:
     """Trains `lm` (an MLM-head LoadedModel) on `examples`; returns (params, results dict)."""
-    from jaxpet.data.batching import Batcher
-    from jaxpet.engine.checkpoint import Checkpointer
-    from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer
-    from jaxpet.engine.training import Trainer, fit
-    from jaxpet.models import load_pretrained, save_pretrained
 
     settings = config.mlm_pretrain
     folder = Path(settings.checkpoint_dir or Path(output_dir) / "mlm_pretrain")

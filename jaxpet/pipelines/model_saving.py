@@ -19,7 +19,9 @@ from typing import Any
 
 from jaxpet.config import Config, ConfigError, to_dict
 from jaxpet.models import LoadedModel
-from jaxpet.pipelines.setup import TaskData
+from jaxpet.pipelines.setup import TaskData, verbalizer_file
+from jaxpet.prompts import get_pvp
+from jaxpet.runs import fingerprint
 from jaxpet.runs.saved_model import ModelCard, is_saved_model, write_model
 
 MODEL_FOLDER = "model"
@@ -61,7 +63,6 @@ def run_fingerprint(config: Config) -> dict[str, Any]:
     computed when the folder has none."""
     import json
 
-    from jaxpet.runs import fingerprint
     stored = Path(config.output_dir) / fingerprint.FINGERPRINT_FILE
     if stored.is_file():
         return json.loads(stored.read_text(encoding="utf-8"))
@@ -102,8 +103,6 @@ def save(folder: Path, lm: LoadedModel, params: Any, card: ModelCard) -> Path | 
 def pattern_card(config: Config, lm: LoadedModel, data: TaskData, pattern: Any,
                  folder: Path) -> ModelCard:
     """The card of a PET member: its scorer kind, pattern, verbalizer and the run config."""
-    from jaxpet.pipelines.setup import verbalizer_file
-    from jaxpet.prompts import get_pvp
 
     scorer = pattern.scorer
     pvp = get_pvp(data.name, pattern.pattern_id, verbalizer_file(config))

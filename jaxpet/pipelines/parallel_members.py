@@ -22,8 +22,15 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxpet.config import Config
+from jaxpet.data.batching import Batcher
+from jaxpet.engine.checkpoint import Checkpointer
+from jaxpet.engine.ensemble_training import Member, train_members
+from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer, num_updates
 from jaxpet.models import LoadedModel
 from jaxpet.runs import outputs
+from jaxpet.scoring.scorer import pad_member_constants
+
+# jaxpet.pipelines.pet imports this module: its names are imported where they are used.
 
 
 def _jobs(config: Config, patterns: Sequence[Any], out: Path,
@@ -45,7 +52,6 @@ def _jobs(config: Config, patterns: Sequence[Any], out: Path,
 def member_constants(patterns: Sequence[Any], lm: LoadedModel) -> list[dict[str, np.ndarray]]:
     """Each member's scorer constants (verbalizer ids, T5 label targets), padded to the most
     words and tokens of any member (stacked members share shapes)."""
-    from jaxpet.scoring.scorer import pad_member_constants
 
     return pad_member_constants([p.constants for p in patterns], patterns[0].constant_pad)
 
@@ -61,10 +67,6 @@ def train_in_parallel(config: Config, lm: LoadedModel, params: Any, patterns: Se
                       train_sets: Mapping[str, Mapping[str, np.ndarray]] | None = None
                       ) -> dict[str, tuple[Any, float]]:
     """Trains the eligible members together; returns {member name: (params, seconds)}."""
-    from jaxpet.data.batching import Batcher
-    from jaxpet.engine.checkpoint import Checkpointer
-    from jaxpet.engine.ensemble_training import Member, train_members
-    from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer, num_updates
     from jaxpet.pipelines.pet import training_groups
 
     settings = config.pet

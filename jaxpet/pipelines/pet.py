@@ -28,31 +28,42 @@ from typing import Any
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxpet.config import Config, ConfigError, TrainingConfig, to_yaml
+from jaxpet.config import Config, ConfigError, TrainingConfig, distills, to_yaml, validate_stages
+from jaxpet.data.batching import DEFAULT_BUCKETS, Batcher, trim_to_bucket
+from jaxpet.engine.checkpoint import Checkpointer
 from jaxpet.engine.compilation_cache import enable_compilation_cache
-from jaxpet.engine.optim import num_updates
-from jaxpet.engine.sharding import build_mesh, check_batch_sizes
+from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer, num_updates
+from jaxpet.engine.sharding import build_mesh, check_batch_sizes, param_shardings, place
+from jaxpet.engine.training import Trainer, fit, predict
 from jaxpet.models import LoadedModel
+from jaxpet.pipelines import mlm_pretrain, model_saving
 from jaxpet.pipelines.setup import (
     MODEL_INPUTS,
     TaskData,
     check_memory,
     evaluate_scores,
+    is_t5_checkpoint,
     load_model,
     load_task_data,
+    verbalizer_file,
 )
+from jaxpet.prompts import get_pvp
+from jaxpet.prompts.priming import encode_primed
 from jaxpet.prompts.pvp import PVP
-from jaxpet.runs import outputs
+from jaxpet.runs import fingerprint, outputs
+from jaxpet.runs.lock import RunLock
 from jaxpet.runs.outputs import check_output_dir
+from jaxpet.runs.report import write_report
+from jaxpet.scoring.scorer import make_scorer
+from jaxpet.scoring.seq2seq import check_t5_pet_options
+
+# distill, evaluate, ipet and parallel_members build on this module's members; the run imports
+# them where it calls them.
 
 
 def train(config: Config, settings: TrainingConfig, loss_fn: Any, params: Any, groups: dict,
           mesh: Mesh, folder: Path, seed: int) -> tuple[Any, float]:
     """Fits `params` with `loss_fn` on the Batcher groups; returns (params, seconds)."""
-    from jaxpet.data.batching import Batcher
-    from jaxpet.engine.checkpoint import Checkpointer
-    from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer
-    from jaxpet.engine.training import Trainer, fit
 
     # the first group sets the pace (the labeled set, or the distillation's unlabeled set)
     arrays, batch_size, _ = next(iter(groups.values()))
@@ -135,9 +146,6 @@ def encoded_sets(scorer: Any, data: TaskData) -> dict[str, Any]:
 def prepare_pattern(config: Config, lm: LoadedModel, data: TaskData,
                     pattern_id: int) -> PatternData:
     """Encodes the task's sets for one pattern with its Scorer (jaxpet.scoring.make_scorer)."""
-    from jaxpet.pipelines.setup import verbalizer_file
-    from jaxpet.prompts import get_pvp
-    from jaxpet.scoring.scorer import make_scorer
 
     scorer = make_scorer(get_pvp(data.name, pattern_id, verbalizer_file(config)), lm, config)
     if config.eval.priming and not scorer.supports_priming:
@@ -160,8 +168,6 @@ def prepare_pattern(config: Config, lm: LoadedModel, data: TaskData,
 def primed_eval_set(pvp: PVP, tokenizer: Any, data: TaskData, seq: int) -> dict[str, np.ndarray]:
     """The eval set encoded after all labeled examples as demonstrations (eval.priming), as
     the original PET primes its evaluation; training and the unlabeled set are not primed."""
-    from jaxpet.data.batching import DEFAULT_BUCKETS, trim_to_bucket
-    from jaxpet.prompts.priming import encode_primed
 
     if not data.train:
         raise ConfigError("eval.priming needs labeled examples as demonstrations "
@@ -198,9 +204,6 @@ def share_logits_fns(patterns: Sequence[PatternData]) -> list[PatternData]:
 
 def predict_logits(config: Config, fn: Any, params: Any, arrays: Mapping[str, np.ndarray],
                    mesh: Mesh) -> np.ndarray:
-    from jaxpet.data.batching import DEFAULT_BUCKETS, trim_to_bucket
-    from jaxpet.engine.training import predict
-
     inputs = trim_to_bucket({k: v for k, v in arrays.items() if k != "labels"}, DEFAULT_BUCKETS)
     return np.asarray(predict(fn, params, inputs, config.eval.batch_size, mesh), np.float32)
 
@@ -210,7 +213,6 @@ def pattern_scores(config: Config, pattern: PatternData, params: Any,
                    mesh: Mesh) -> tuple[np.ndarray, list[str] | None]:
     """([N, C] label scores, generated texts or None) of `arrays` (rows of `examples`) with
     the pattern's compiled scores function, finalized by its scorer (WSC: string match)."""
-    from jaxpet.engine.training import predict
 
     inputs = pattern.scorer.scoring_inputs(arrays)
     raw = predict(pattern.logits_fn, params, inputs, config.eval.batch_size, mesh)
@@ -267,8 +269,6 @@ def train_member(config: Config, lm: LoadedModel, params: Any, pattern: PatternD
     The model goes to `folder/model` when `output.save_models` keeps it (`final`: whether it
     is one of the run's final models, jaxpet.pipelines.model_saving).
     """
-    from jaxpet.pipelines import model_saving
-
     if (folder / "results.json").exists():
         model_saving.check_reused(config, folder, final)
         print(f"{folder.name}: results.json exists, reusing it")
@@ -341,7 +341,6 @@ def prepare_pet(config: Config, data: TaskData, mesh: Mesh,
                 out: Path) -> tuple[Any, Any, list[PatternData], dict[str, Any]]:
     """Checks batch sizes, loads the MLM, encodes every pattern, runs the MLM warm-up and the
     zero-shot evaluations; returns (lm, start params, patterns, results so far)."""
-    from jaxpet.pipelines import mlm_pretrain
     settings = config.pet
     sizes = {"pet.train_batch_size": settings.train_batch_size,
              "eval.batch_size": config.eval.batch_size}
@@ -370,7 +369,6 @@ def prepare_pet(config: Config, data: TaskData, mesh: Mesh,
 def place_params(params: Any, mesh: Mesh) -> Any:
     """`params` on the mesh as the Trainer places them: predictions before and after training
     then share one compiled program, and a large model is not held whole on one device."""
-    from jaxpet.engine.sharding import param_shardings, place
 
     return place(params, param_shardings(params, mesh))
 
@@ -408,11 +406,10 @@ def warmed_up_encoder(config: Config, params: Any) -> Any:
 def run_pet(config: Config, data: TaskData, mesh: Mesh, out: Path) -> dict[str, Any]:
     """PET: the ensemble, its merge and distillation (and the baseline when asked)."""
     from jaxpet.pipelines.distill import finish_ensemble, run_classifier
-    from jaxpet.pipelines.model_saving import member_is_final
 
     lm, params, patterns, results = prepare_pet(config, data, mesh, out)
     results.update(train_ensemble(config, lm, params, patterns, data, mesh, out,
-                                  final=member_is_final(config)))
+                                  final=model_saving.member_is_final(config)))
     encoder = warmed_up_encoder(config, params)
     results.update(finish_ensemble(config, data, mesh, out, out, results["members"], encoder))
     if config.classifier.baseline:
@@ -422,7 +419,6 @@ def run_pet(config: Config, data: TaskData, mesh: Mesh, out: Path) -> dict[str, 
 
 def warm_up_encoder(config: Config, data: TaskData, mesh: Mesh, out: Path) -> tuple[Any, dict]:
     """Runs the MLM warm-up stage alone; returns (encoder params, stage results)."""
-    from jaxpet.pipelines import mlm_pretrain
     check_batch_sizes(mesh, {"mlm_pretrain.batch_size": config.mlm_pretrain.batch_size})
     params, results = mlm_pretrain.run(config, load_model(config, "mlm"), data.unlabeled, mesh,
                                        out)
@@ -433,11 +429,8 @@ def check_models(config: Config) -> None:
     """Fails before any training when a model cannot do what the config asks of it: options
     a T5 backbone does not support, a sequence classifier that would be a T5 checkpoint."""
     from jaxpet.pipelines.distill import check_classifier_model, needs_classifier
-    from jaxpet.pipelines.setup import is_t5_checkpoint
 
     if is_t5_checkpoint(config.model.name):
-        from jaxpet.scoring.seq2seq import check_t5_pet_options
-
         check_t5_pet_options(config)
     if needs_classifier(config):
         check_classifier_model(config)
@@ -449,8 +442,6 @@ def run(config: Config, overwrite: bool = False) -> dict[str, Any]:
     The output folder is locked for the run (jaxpet.runs.lock) and must hold no results of a
     different run (jaxpet.runs.fingerprint); `overwrite` deletes them first.
     """
-    from jaxpet.config import validate_stages
-    from jaxpet.runs.lock import RunLock
 
     if config.method == "evaluate":  # trains nothing: scores a finished run's saved models
         from jaxpet.pipelines.evaluate import run as evaluate
@@ -470,7 +461,6 @@ def start_folder(config: Config, out: Path, overwrite: bool) -> None:
     `overwrite`, deletes its old results), then stores the config and its fingerprint."""
     import jax
 
-    from jaxpet.runs import fingerprint
     current = fingerprint.run_fingerprint(config)
     fingerprint.claim_folder(out, current, overwrite, jax.process_index() == 0)
     if config.mlm_pretrain.enabled and config.mlm_pretrain.checkpoint_dir:
@@ -488,7 +478,6 @@ def start_folder(config: Config, out: Path, overwrite: bool) -> None:
 def warmup_fingerprint(config: Config) -> dict[str, Any]:
     """The keys the MLM warm-up stage depends on: its section, the seed, the model, the data
     and the patterns (mlm_pretrain.inputs 'patterns' applies them)."""
-    from jaxpet.runs import fingerprint
     keep = ("mlm_pretrain.", "model.", "task.", "seed", "jaxpet_version", "pet.pattern_ids")
     return {k: v for k, v in fingerprint.run_fingerprint(config).items()
             if k.startswith(keep) and k != "mlm_pretrain.checkpoint_dir"
@@ -499,7 +488,6 @@ def warmup_fingerprint(config: Config) -> dict[str, Any]:
 def check_warmup_folder(config: Config, folder: Path, overwrite: bool) -> None:
     import jax
 
-    from jaxpet.runs import fingerprint
     current = warmup_fingerprint(config)
     what = "mlm_pretrain.checkpoint_dir"
     if overwrite:
@@ -514,7 +502,6 @@ def check_warmup_folder(config: Config, folder: Path, overwrite: bool) -> None:
 
 def check_data(config: Config, data: TaskData) -> None:
     """Fails before any model loads when a split the run needs came out empty."""
-    from jaxpet.config import distills
 
     if not data.eval:
         raise ConfigError(f"task {config.task.name!r} in {config.task.data_dir}: the "
@@ -560,7 +547,6 @@ def run_in_folder(config: Config, out: Path, overwrite: bool, start: float) -> d
     results["wall_time_s"] = time.perf_counter() - start
     outputs.write_text(out / "config.yaml", to_yaml(config))
     outputs.write_json(out / "results.json", results)
-    from jaxpet.runs.report import write_report
 
     print(write_report(out, results))
     return results

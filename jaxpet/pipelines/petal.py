@@ -22,7 +22,16 @@ import jax
 import numpy as np
 
 from jaxpet.config import Config, ConfigError
+from jaxpet.data.batching import DEFAULT_BUCKETS, trim_to_bucket
+from jaxpet.data.tasks import load_examples
+from jaxpet.engine.compilation_cache import enable_compilation_cache
+from jaxpet.engine.sharding import build_mesh
 from jaxpet.models import LoadedModel
+from jaxpet.pipelines import mlm_pretrain
+from jaxpet.pipelines.setup import load_model, task_spec, verbalizer_file
+from jaxpet.prompts import get_pvp
+from jaxpet.prompts.encoding import is_byte_level, tokenize_parts
+from jaxpet.runs.outputs import write_text
 
 MIN_LETTERS = 2  # a real word has at least this many letters (the paper's filter)
 
@@ -31,7 +40,6 @@ MIN_LETTERS = 2  # a real word has at least this many letters (the paper's filte
 def word_initial_marker(tokenizer: Any) -> tuple[str, str]:
     """(kind, marker) of the tokenizer family: ("prefix", "Ġ") byte-level BPE, ("prefix", "▁")
     SentencePiece, ("continuation", "##") WordPiece (a word-initial token has no "##")."""
-    from jaxpet.prompts.encoding import is_byte_level
 
     if is_byte_level(tokenizer):
         return "prefix", "Ġ"
@@ -60,7 +68,6 @@ def candidate_words(tokenizer: Any, word_counts: Counter | None = None,
     """Real words of the vocabulary -> token id: word-initial tokens with >= 2 letters that
     encode back to exactly that one token as a verbalizer word; with `word_counts` and
     `max_words` > 0 only the `max_words` most frequent of them (words that occur)."""
-    from jaxpet.prompts.encoding import tokenize_parts
 
     kind, marker = word_initial_marker(tokenizer)
     special = set(tokenizer.all_special_ids)
@@ -109,7 +116,6 @@ def mask_log_probs(lm: LoadedModel, params: Any, enc: dict[str, np.ndarray],
 
     Every batch has `batch_size` rows (the last one padded by repeating row 0), so one program
     serves all batches."""
-    from jaxpet.data.batching import DEFAULT_BUCKETS, trim_to_bucket
 
     keys = ("input_ids", "attention_mask", "token_type_ids")
     arrays = trim_to_bucket({k: enc[k] for k in keys}, DEFAULT_BUCKETS)
@@ -194,8 +200,6 @@ class PetalResult:
 
 def _load_labeled(config: Config) -> tuple[list[Any], list[Any], list[str]]:
     """(labeled train examples, unlabeled examples, label names); errors name the key."""
-    from jaxpet.data.tasks import load_examples
-    from jaxpet.pipelines.setup import task_spec
 
     task = config.task
     try:
@@ -221,8 +225,6 @@ def _load_labeled(config: Config) -> tuple[list[Any], list[Any], list[str]]:
 
 def _model_params(config: Config, unlabeled: list[Any]) -> tuple[Any, Any]:
     """The masked LM and its parameters, after the MLM warm-up when mlm_pretrain is enabled."""
-    from jaxpet.engine.sharding import build_mesh
-    from jaxpet.pipelines.setup import load_model
 
     lm = load_model(config, "mlm")
     if lm.head != "mlm":
@@ -230,9 +232,6 @@ def _model_params(config: Config, unlabeled: list[Any]) -> tuple[Any, Any]:
                           f"LM (BERT, RoBERTa, XLM-R, ALBERT), not a {lm.head} model")
     if not config.mlm_pretrain.enabled:
         return lm, lm.params
-    from jaxpet.data.tasks import load_examples
-    from jaxpet.pipelines import mlm_pretrain
-    from jaxpet.pipelines.setup import task_spec
 
     task = config.task
     text = unlabeled or load_examples(task_spec(task), task.data_dir, "unlabeled",
@@ -243,9 +242,6 @@ def _model_params(config: Config, unlabeled: list[Any]) -> tuple[Any, Any]:
 
 def search(config: Config) -> PetalResult:
     """Label words for every pattern in pet.pattern_ids (config section `petal`)."""
-    from jaxpet.engine.compilation_cache import enable_compilation_cache
-    from jaxpet.pipelines.setup import verbalizer_file
-    from jaxpet.prompts import get_pvp
 
     start = time.perf_counter()
     settings = config.petal
@@ -324,7 +320,6 @@ def output_folder(config: Config) -> Path:
 
 def write_outputs(result: PetalResult, folder: str | os.PathLike) -> Path:
     """Writes verbalizer.yaml and summary.md into `folder`; returns the verbalizer's path."""
-    from jaxpet.runs.outputs import write_text
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

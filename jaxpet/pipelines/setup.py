@@ -12,11 +12,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpet.config import Config
+from jaxpet.data.custom import task_from_config
 from jaxpet.data.example import Example
+from jaxpet.data.hf_dataset import register_hf_task, with_dataset
+from jaxpet.data.tasks import get_task, load_examples
+from jaxpet.engine.memory import (
+    backbone_from_config,
+    check_fits,
+    device_memory_bytes,
+    estimate_memory,
+)
 from jaxpet.metrics import compute_metrics, record_accuracy, task_metrics
-from jaxpet.models import LoadedModel
+from jaxpet.models import LoadedModel, load_pretrained
 from jaxpet.models.minilm import resolve_model_name
 from jaxpet.models.options import with_model_options
+from jaxpet.models.pretrained import read_config, resolve_folder
+from jaxpet.models.t5_config import SUPPORTED_T5_TYPES
+from jaxpet.prompts.template import pvp_from_config
+from jaxpet.prompts.verbalizer import load_verbalizer
 from jaxpet.runs import outputs
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -35,19 +48,14 @@ class TaskData:
 
 def register_config_task(task: Any) -> None:
     """Registers the reader and the template patterns of a task defined in the config."""
-    from jaxpet.data.custom import task_from_config
-    from jaxpet.prompts.template import pvp_from_config
 
     if task.hf_dataset is not None:
-        from jaxpet.data.hf_dataset import register_hf_task
-
         spec = register_hf_task(task.name, task.definition, task.hf_dataset)
     else:
         spec = task_from_config({**task.definition, "name": task.name,
                                  "data_dir": task.data_dir})
     verbalizer = task.verbalizer
     if isinstance(verbalizer, str):  # a verbalizer file: it must cover every pattern
-        from jaxpet.prompts.verbalizer import load_verbalizer
 
         verbalizer = [dict(load_verbalizer(verbalizer, i).words)
                       for i in range(len(task.patterns))]
@@ -65,8 +73,6 @@ def verbalizer_file(config: Config) -> str | None:
 def task_spec(task: Any) -> Any:
     """The TaskSpec a run reads (config-defined tasks registered first); with task.hf_dataset
     its splits come from that Hugging Face dataset (jaxpet.data.hf_dataset)."""
-    from jaxpet.data.hf_dataset import with_dataset
-    from jaxpet.data.tasks import get_task
 
     if task.definition is not None:
         register_config_task(task)
@@ -74,8 +80,6 @@ def task_spec(task: Any) -> Any:
 
 
 def load_task_data(config: Config) -> TaskData:
-    from jaxpet.data.tasks import load_examples
-
     task = config.task
     spec = task_spec(task)
     load = lambda split, n, evenly=False: load_examples(  # noqa: E731
@@ -88,8 +92,6 @@ def load_task_data(config: Config) -> TaskData:
 
 def is_t5_checkpoint(name: str) -> bool:
     """True when the checkpoint `name` (a folder, hub name or "minilm") is a T5 / mT5 model."""
-    from jaxpet.models.pretrained import read_config, resolve_folder
-    from jaxpet.models.t5_config import SUPPORTED_T5_TYPES
 
     # the loader's own folder lookup: the same hub cache and offline errors as load_pretrained
     folder = resolve_folder(resolve_model_name(name))
@@ -104,7 +106,6 @@ def load_model(config: Config, head: str, num_labels: int | None = None,
     pattern's mask slot is a sentinel that the decoder fills, jaxpet.scoring.seq2seq). Its memory is
     checked later, once the label targets fix the decoder's length (check_memory's target_len).
     """
-    from jaxpet.models import load_pretrained
 
     name = name or config.model.name
     if head == "mlm" and is_t5_checkpoint(name):
@@ -126,12 +127,6 @@ def check_memory(config: Config, lm: LoadedModel, head: str, target_len: int | N
     A T5 PET backbone (lm.head "seq2seq") needs `target_len`: decoder positions per example,
     all label targets together (L x W x T), which is how jaxpet.scoring.seq2seq scores them.
     """
-    from jaxpet.engine.memory import (
-        backbone_from_config,
-        check_fits,
-        device_memory_bytes,
-        estimate_memory,
-    )
 
     settings = config.pet if head == "mlm" else config.classifier
     batch_sizes = {"train_batch_size": settings.train_batch_size}
