@@ -140,6 +140,8 @@ def main() -> None:
     parser.add_argument("--report", action="store_true",
                         help="print the verdicts so far (also of a run in progress); run nothing")
     parser.add_argument("--fresh", action="store_true", help="forget earlier verdicts")
+    parser.add_argument("--children", type=int, default=1,
+                        help="mutants tested at once (default 1: the cores are often shared)")
     parser.add_argument(
         "--survivors", action="store_true", help="recheck only the mutants that were not killed"
     )
@@ -158,8 +160,7 @@ def main() -> None:
         work = prepare(module, args.tests or table[module], shared, pytest_options, args.fresh)
         names = survivors(work) if args.survivors and (work / "mutants").exists() else []
         start = time.monotonic()
-        # One child: the machine's cores are shared.
-        mutmut(work, "run", "--max-children", "1", *names, capture=False)
+        mutmut(work, "run", "--max-children", str(args.children), *names, capture=False)
         scores[module] = report(module, work, time.monotonic() - start, args.diffs)
     print("\nmodule                          killed / total")
     for module, (killed, total) in scores.items():
