@@ -6,8 +6,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-import safetensors.numpy
 
+import jaxpet.models.pretrained
 from jaxpet.atomic import atomic_folder
 from jaxpet.init_model import main as init_model_main
 from jaxpet.init_model import random_model
@@ -20,8 +20,9 @@ def test_a_failed_export_leaves_no_folder_and_no_partial_files(tmp_path, monkeyp
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    # the config is written first, then the weights fail: what a full disk does
-    monkeypatch.setattr(safetensors.numpy, "save_file", disk_full)
+    # the config is written first, then the weights fail: what a full disk does (patched where
+    # the exporter looks it up)
+    monkeypatch.setattr(jaxpet.models.pretrained, "save_file", disk_full)
     with pytest.raises(OSError, match="No space left on device"):
         save_pretrained(lm, tmp_path / "model")
     assert list(tmp_path.iterdir()) == []  # neither model/ nor a .model.*.partial folder

@@ -210,6 +210,7 @@ def test_memory_estimate_counts_no_score_matrix_for_pallas(tmp_path, monkeypatch
     import types
 
     import jaxpet.engine.memory as memory
+    import jaxpet.pipelines.setup as setup
     from jaxpet.models.config import EncoderConfig
     from jaxpet.pipelines.setup import check_memory
 
@@ -220,8 +221,9 @@ def test_memory_estimate_counts_no_score_matrix_for_pallas(tmp_path, monkeypatch
         seen.append(kwargs["fused_attention"])
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(memory, "estimate_memory", recording)
-    monkeypatch.setattr(memory, "device_memory_bytes", lambda: None)
+    # patched where check_memory looks them up
+    monkeypatch.setattr(setup, "estimate_memory", recording)
+    monkeypatch.setattr(setup, "device_memory_bytes", lambda: None)
     lm = types.SimpleNamespace(config=EncoderConfig(**TINY_BERT), head="mlm")
     for attention in ("xla", "pallas"):
         check_memory(_config_with(tmp_path, f"model.attention={attention}"), lm, "mlm")
