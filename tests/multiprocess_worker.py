@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -88,6 +90,45 @@ def finish(procs: list[subprocess.Popen], expected_rc: int = 0,
             f"process {i}: rc {proc.returncode}\n{output[-4000:]}"
         )
     return outputs
+
+
+def wait_for_progress(procs: list[subprocess.Popen], progress: Path, min_step: int,
+                      timeout: float = 240) -> None:
+    """Waits until process 0 has written a step >= min_step to `progress`; fails the test when
+    a process ends first or the time runs out."""
+    import pytest
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = progress.read_text().strip() if progress.exists() else ""
+        if text.isdigit() and int(text) >= min_step:
+            return
+        if any(p.poll() is not None for p in procs):
+            finish(procs, expected_rc=0)  # reports the output of the failed process
+            pytest.fail("a process finished before it was signalled")
+        time.sleep(0.05)
+    for p in procs:
+        p.kill()
+    pytest.fail(f"no process reached step {min_step} in {timeout} s")
+
+
+def progress_batches(args: argparse.Namespace, batches: Callable[[int], dict]
+                     ) -> Callable[[int], dict]:
+    """batches(step), after process 0 writes the step to --progress-file (and each process
+    sleeps --sleep seconds), so that a test can signal a run in the middle."""
+    import jax  # the worker imports JAX only after it has set up its devices
+
+    pid = jax.process_index()
+
+    def batch_fn(step: int) -> dict:
+        if args.progress_file and pid == 0:
+            with open(args.progress_file, "w") as f:
+                f.write(str(step))
+        if args.sleep:
+            time.sleep(args.sleep)
+        return batches(step)
+
+    return batch_fn
 
 
 def tiny_config():
@@ -277,13 +318,7 @@ def _train_members(args) -> None:
     losses: dict[int, list[float | None]] = {}
     pid = jax.process_index()
 
-    def batch_fn(step: int) -> dict:
-        if args.progress_file and pid == 0:
-            with open(args.progress_file, "w") as f:
-                f.write(str(step))
-        if args.sleep:
-            time.sleep(args.sleep)
-        return stacked(step)
+    batch_fn = progress_batches(args, stacked)
 
     def writer(m: int):
         def write(step: int, metrics: dict) -> None:
@@ -349,13 +384,7 @@ def main(argv: list[str] | None = None) -> None:
     losses: dict[int, float] = {}
     pid = jax.process_index()
 
-    def batch_fn(step: int) -> dict:
-        if args.progress_file and pid == 0:
-            with open(args.progress_file, "w") as f:
-                f.write(str(step))
-        if args.sleep:
-            time.sleep(args.sleep)
-        return batcher(step)
+    batch_fn = progress_batches(args, batcher)
 
     ckpt = Checkpointer(args.ckpt, save_every=args.save_every) if args.ckpt else None
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import jax
 import multiprocess_worker as worker
@@ -50,21 +49,6 @@ def _read_losses(path) -> dict[int, float]:
     return {int(k): v for k, v in json.loads(path.read_text()).items()}
 
 
-def _wait_for_progress(procs, progress, min_step: int, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if progress.exists() and progress.read_text().strip().isdigit():
-            if int(progress.read_text()) >= min_step:
-                return
-        if any(p.poll() is not None for p in procs):
-            worker.finish(procs, expected_rc=0)  # reports the output of the failed process
-            pytest.fail("a process finished before it was signalled")
-        time.sleep(0.05)
-    for p in procs:
-        p.kill()
-    pytest.fail(f"no process reached step {min_step} in {timeout} s")
-
-
 # One case: 2 processes exercise the same cross-process code as 4 (each process feeds its slice
 # of every batch; the 13 prediction rows split unevenly); the coordinator, count and id come
 # from JAX_* variables as tpu/gpu_launch.sh sets them (test_multiprocess.py checks that config
@@ -82,7 +66,7 @@ def test_sigterm_to_one_process_then_resume_matches_one_process(tmp_path, refere
 
     # 1) SIGTERM to the last process only, once every process is inside the training loop.
     procs = start("first", ["--sleep", "0.3", "--progress-file", str(progress)])
-    _wait_for_progress(procs, progress, 2)
+    worker.wait_for_progress(procs, progress, 2)
     procs[-1].send_signal(signal.SIGTERM)
     worker.finish(procs, expected_rc=143)
     stopped = [_read_losses(tmp_path / "first" / f"losses-{i}.json") for i in range(num_processes)]

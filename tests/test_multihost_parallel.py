@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import jax
 import multiprocess_worker as worker
@@ -53,21 +52,6 @@ def _read_losses(path) -> dict[int, list[float]]:
     return {int(k): v for k, v in json.loads(path.read_text()).items()}
 
 
-def _wait_for_progress(procs, progress, min_step: int, timeout: float = 240) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        text = progress.read_text().strip() if progress.exists() else ""
-        if text.isdigit() and int(text) >= min_step:
-            return
-        if any(p.poll() is not None for p in procs):
-            worker.finish(procs, expected_rc=0)  # reports the output of the failed process
-            pytest.fail("a process finished before it was signalled")
-        time.sleep(0.05)
-    for p in procs:
-        p.kill()
-    pytest.fail(f"no process reached step {min_step} in {timeout} s")
-
-
 @pytest.mark.slow  # two launches of 2 processes that each compile the ensemble step
 def test_sigterm_to_one_process_stops_both_members_then_resume_matches(tmp_path, reference):
     ckpt, progress = tmp_path / "ckpt", tmp_path / "progress"
@@ -80,7 +64,7 @@ def test_sigterm_to_one_process_stops_both_members_then_resume_matches(tmp_path,
 
     # 1) SIGTERM to process 1 only (process 0 writes the progress file) once both train.
     procs = start("first", ["--sleep", "0.3", "--progress-file", str(progress)])
-    _wait_for_progress(procs, progress, 2)
+    worker.wait_for_progress(procs, progress, 2)
     procs[-1].send_signal(signal.SIGTERM)
     # Without the stop vote, process 1 stops alone and process 0 waits in the next
     # collective: that shows here as a timeout or a status other than 143.
