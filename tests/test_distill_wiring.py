@@ -25,6 +25,7 @@ from jaxpet.config import (
     TaskConfig,
 )
 from jaxpet.data.example import Example
+from jaxpet.engine.batch_keys import MODEL_INPUTS
 from jaxpet.engine.sharding import build_mesh
 from jaxpet.pipelines import distill
 from jaxpet.pipelines.setup import TaskData
@@ -115,7 +116,7 @@ def _np_encode(tokenizer, examples: list, seq: int) -> dict:
     """The classifier inputs as the Hugging Face tokenizer itself pads a (pair of) text(s)."""
     rows = [tokenizer(e.text_a, e.text_b, padding="max_length", max_length=seq)
             for e in examples]
-    return {k: np.asarray([r[k] for r in rows]) for k in distill.MODEL_INPUTS}
+    return {k: np.asarray([r[k] for r in rows]) for k in MODEL_INPUTS}
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -258,8 +259,8 @@ def test_encode_classifier_inputs_are_the_tokenizers_padded_pairs(tokenizer):
     lm = SimpleNamespace(tokenizer=tokenizer)
     arrays = distill.encode_classifier_inputs(lm, examples, 14)
     expected = _np_encode(tokenizer, examples, 14)
-    assert sorted(arrays) == sorted(distill.MODEL_INPUTS)
-    for key in distill.MODEL_INPUTS:
+    assert sorted(arrays) == sorted(MODEL_INPUTS)
+    for key in MODEL_INPUTS:
         np.testing.assert_array_equal(arrays[key], expected[key], err_msg=key)
 
 
@@ -432,8 +433,8 @@ def test_distill_hands_the_fit_the_unlabeled_set_with_soft_targets_at_temperatur
     arrays, batch_size, group_seed = groups[""]
     assert batch_size == 2 and group_seed == 7
     expected = _np_encode(tokenizer, data.unlabeled, 12)
-    assert sorted(arrays) == sorted([*distill.MODEL_INPUTS, "logits"])
-    for key in distill.MODEL_INPUTS:
+    assert sorted(arrays) == sorted([*MODEL_INPUTS, "logits"])
+    for key in MODEL_INPUTS:
         np.testing.assert_array_equal(arrays[key], expected[key], err_msg=key)
     assert arrays["logits"].dtype == np.float32
     np.testing.assert_array_equal(arrays["logits"], teacher.astype(np.float32))
@@ -601,8 +602,8 @@ def test_run_classifier_trains_one_classifier_per_repetition_on_the_labeled_set(
         assert folder == tmp_path / name and c_seed == seed
         (arrays, batch_size, group_seed), = groups.values()
         assert list(groups) == [""] and batch_size == 2 and group_seed == seed
-        assert sorted(arrays) == sorted([*distill.MODEL_INPUTS, "labels"])
-        for key in distill.MODEL_INPUTS:
+        assert sorted(arrays) == sorted([*MODEL_INPUTS, "labels"])
+        for key in MODEL_INPUTS:
             np.testing.assert_array_equal(arrays[key], expected[key], err_msg=key)
         np.testing.assert_array_equal(arrays["labels"], gold)
         # the supervised loss: cross-entropy of the classifier's logits on the gold labels

@@ -1,6 +1,9 @@
-"""Batch array names: which arrays of a batch have a sequence axis (axis 1)."""
+"""Batch array names: the encoder's inputs, and which arrays have a sequence axis (axis 1)."""
 
 from __future__ import annotations
+
+# The inputs an encoder model takes from a batch (its forward pass reads no other key).
+MODEL_INPUTS: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
 
 # Arrays with a sequence axis, which bucketing trims and member stacking pads; prefixed keys
 # (e.g. "unlabeled_input_ids") match too.

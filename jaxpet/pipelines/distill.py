@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxpet.config import Config, ConfigError
+from jaxpet.engine.batch_keys import MODEL_INPUTS
 from jaxpet.engine.sharding import check_batch_sizes
 from jaxpet.models import LoadedModel
 from jaxpet.pipelines import model_saving
@@ -43,7 +44,6 @@ from jaxpet.scoring.cloze_step import make_classifier_logits_fn, make_classifier
 
 # jaxpet.pipelines.pet imports this module: its names are imported where they are used.
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def encode_classifier_inputs(lm: LoadedModel, examples: Sequence[Any], max_seq_length: int) -> dict:

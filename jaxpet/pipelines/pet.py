@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 
 from jaxpet.config import Config, ConfigError, TrainingConfig, distills, to_yaml, validate_stages
 from jaxpet.data.batching import DEFAULT_BUCKETS, Batcher, trim_to_bucket
+from jaxpet.engine.batch_keys import MODEL_INPUTS
 from jaxpet.engine.checkpoint import Checkpointer
 from jaxpet.engine.compilation_cache import enable_compilation_cache
 from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer, num_updates
@@ -38,7 +39,6 @@ from jaxpet.engine.training import Trainer, fit, predict
 from jaxpet.models import LoadedModel
 from jaxpet.pipelines import mlm_pretrain, model_saving
 from jaxpet.pipelines.setup import (
-    MODEL_INPUTS,
     TaskData,
     check_memory,
     evaluate_scores,

@@ -32,8 +32,6 @@ from jaxpet.prompts.template import pvp_from_config
 from jaxpet.prompts.verbalizer import load_verbalizer
 from jaxpet.runs import outputs
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
 
 @dataclasses.dataclass
 class TaskData:

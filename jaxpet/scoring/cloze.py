@@ -15,11 +15,11 @@ import numpy as np
 from jaxpet.config import Config
 from jaxpet.data.batching import DEFAULT_BUCKETS, trim_to_bucket
 from jaxpet.data.example import Example
+from jaxpet.engine.batch_keys import MODEL_INPUTS
 from jaxpet.models import LoadedModel
 from jaxpet.prompts.pvp import PVP
 from jaxpet.scoring.cloze_step import make_label_logits_fn, make_member_pet_loss, make_pet_loss
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CLOZE_KEYS = (*MODEL_INPUTS, "mask_positions", "labels")
 
 
