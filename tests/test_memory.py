@@ -13,18 +13,15 @@ import sys
 
 import pytest
 
-from jaxpet.engine.memory import (
-    GIB,
+from jaxpet.engine.backbone_shapes import (
     KNOWN_BACKBONES,
     BackboneShape,
-    DoesNotFit,
     backbone_from_config,
-    check_fits,
     count_parameters,
-    estimate_memory,
     get_backbone,
     parameter_shapes,
 )
+from jaxpet.engine.memory import GIB, DoesNotFit, check_fits, estimate_memory
 from jaxpet.engine.slices import SLICES, best_fit, fits_table
 
 # The estimate's activation model is calibrated on XLA for GPU (docs/scale.md: measured

@@ -5,16 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from jaxpet.engine.memory import (
-    GIB,
-    REMAT_POLICIES,
-    BackboneShape,
-    MemoryEstimate,
-    _divisors,
-    count_parameters,
-    estimate_memory,
-    get_backbone,
-)
+from jaxpet.engine.backbone_shapes import BackboneShape, count_parameters, get_backbone
+from jaxpet.engine.memory import GIB, REMAT_POLICIES, MemoryEstimate, divisors, estimate_memory
 
 
 @dataclass(frozen=True)
@@ -56,7 +48,7 @@ def best_fit(backbone: BackboneShape | str, device: DeviceSpec | str, *, seq_len
     budget = device.device_memory_bytes * usable_fraction
     n = device.num_devices
     for remat in REMAT_POLICIES:
-        for fsdp in _divisors(n):
+        for fsdp in divisors(n):
             est = estimate_memory(backbone, batch_size=batch_per_device * n, seq_len=seq_len,
                                   remat=remat, data=n // fsdp, fsdp=fsdp, **kwargs)
             if est.total_bytes <= budget:

@@ -16,12 +16,8 @@ from jaxpet.data.custom import task_from_config
 from jaxpet.data.example import Example
 from jaxpet.data.hf_dataset import register_hf_task, with_dataset
 from jaxpet.data.tasks import get_task, load_examples
-from jaxpet.engine.memory import (
-    backbone_from_config,
-    check_fits,
-    device_memory_bytes,
-    estimate_memory,
-)
+from jaxpet.engine.backbone_shapes import backbone_from_config
+from jaxpet.engine.memory import check_fits, device_memory_bytes, estimate_memory
 from jaxpet.metrics import compute_metrics, record_accuracy, task_metrics
 from jaxpet.models import LoadedModel, load_pretrained
 from jaxpet.models.minilm import resolve_model_name
