@@ -176,7 +176,7 @@ class EncoderConfig:
 
     def to_hf(self) -> Any:
         """A transformers PretrainedConfig of the matching family (needs no torch)."""
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # deferred: ~4 s to load, most callers never ask
 
         raw = self.to_hf_dict()
         model_type = raw.pop("model_type")

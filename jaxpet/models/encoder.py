@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxpet.models.config import EncoderConfig
+from jaxpet.models.pallas_attention import pallas_attention
 
 Dtype = Any
 
@@ -178,8 +179,6 @@ class SelfAttention(nn.Module):
                 implementation="cudnn",
             )
         elif cfg.attention == "pallas":
-            from jaxpet.models.pallas_attention import pallas_attention
-
             if self.deterministic or rate == 0.0:
                 ctx_BxSxNxK = pallas_attention(q_BxSxNxK, k_BxSxNxK, v_BxSxNxK, mask_BxS)
             else:
@@ -286,7 +285,7 @@ class Encoder(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self) -> None:
-        from jaxpet.models.albert import AlbertLayerGroups  # albert builds on this module
+        from jaxpet.models.albert import AlbertLayerGroups  # a cycle: albert imports this module
 
         cfg = self.config
         self.embeddings = Embeddings(cfg, self.dtype)

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from huggingface_hub import snapshot_download
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -22,8 +23,8 @@ from jaxpet.models.config import SUPPORTED_MODEL_TYPES, EncoderConfig
 from jaxpet.models.heads import EncoderForMaskedLM, EncoderForSequenceClassification
 from jaxpet.models.t5_config import T5Config
 
-# transformers and huggingface_hub are imported where a tokenizer, a config or a download is
-# needed: they take seconds to load, and the model code and `import jaxpet.models` need neither.
+# transformers is imported where a tokenizer or a config is read: it takes seconds to load
+# (torch with it, when installed), and the model code and `import jaxpet.models` need neither.
 
 
 ENCODER_HEADS = ("mlm", "classifier")
@@ -117,8 +118,6 @@ def resolve_folder(name_or_path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{name} is a file; load_pretrained needs a checkpoint folder")
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"no checkpoint folder at {name}")
-    from huggingface_hub import snapshot_download
-
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     try:
         return Path(snapshot_download(name, allow_patterns=_HUB_PATTERNS,
@@ -157,7 +156,7 @@ def read_state_dict(folder: Path) -> tuple[dict[str, np.ndarray], str]:
     binary = folder / "pytorch_model.bin"
     if binary.exists():
         try:
-            import torch
+            import torch  # optional: only a legacy pytorch_model.bin needs it
         except ImportError as err:
             raise FileNotFoundError(
                 f"{binary} needs torch to read; install torch or convert it to model.safetensors"
@@ -187,7 +186,7 @@ def read_config(folder: Path) -> dict[str, Any]:
 def load_tokenizer(folder: Path) -> Any:
     if not any((folder / name).exists() for name in _TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred: seconds to load (see the top)
 
     return AutoTokenizer.from_pretrained(str(folder))
 
@@ -236,7 +235,7 @@ def load_pretrained(
     if is_t5:
         module, params, t5_config = t5_convert.load_t5(str(folder), dtype=dtype)
         return LoadedModel(module, params, t5_config, load_tokenizer(folder))
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # deferred: seconds to load (see the top)
 
     config = EncoderConfig.from_hf(AutoConfig.from_pretrained(str(folder)))
     if head == "mlm" and raw.get("tie_word_embeddings") is False:

@@ -9,6 +9,8 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from huggingface_hub import snapshot_download
+from safetensors.numpy import load_file, save_file
 
 from jaxpet.models.t5 import T5
 from jaxpet.models.t5_config import T5Config
@@ -128,8 +130,6 @@ def _resolve_folder(path_or_name: str) -> str:
     if os.path.isdir(path_or_name):
         return path_or_name
     try:
-        from huggingface_hub import snapshot_download
-
         return snapshot_download(path_or_name, allow_patterns=["*.json", "*.safetensors", "*.bin",
                                                                "*.model", "*.txt"])
     except Exception as err:  # offline, unknown name, ...
@@ -140,8 +140,6 @@ def _resolve_folder(path_or_name: str) -> str:
 
 def read_state_dict(folder: str) -> tuple[dict[str, np.ndarray], str]:
     """All tensors of a checkpoint folder as float32 numpy, and the file name they came from."""
-    from safetensors.numpy import load_file
-
     single = os.path.join(folder, "model.safetensors")
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(single):
@@ -155,7 +153,7 @@ def read_state_dict(folder: str) -> tuple[dict[str, np.ndarray], str]:
         return _as_f32(state), index
     bin_path = os.path.join(folder, "pytorch_model.bin")
     if os.path.exists(bin_path):
-        import torch  # only legacy .bin checkpoints need torch
+        import torch  # optional: only legacy .bin checkpoints need torch
 
         raw = torch.load(bin_path, map_location="cpu", weights_only=True)
         return {k: v.float().numpy() for k, v in raw.items()}, bin_path
@@ -194,8 +192,6 @@ def save_t5(module_or_lm: Any, params: Any = None, config: T5Config | None = Non
     """Write config.json, generation_config.json and model.safetensors that transformers loads.
 
     Call as save_t5(module, params, config, out_dir) or save_t5(lm, out_dir)."""
-    from safetensors.numpy import save_file
-
     if out_dir is None and config is None and isinstance(params, (str, os.PathLike)):
         lm, out_dir = module_or_lm, str(params)
         params, config = lm.params, lm.config
