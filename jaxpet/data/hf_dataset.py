@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jaxpet.data.example import Example
-from jaxpet.data.tasks import SPLITS, TaskSpec
+from jaxpet.data.tasks import SPLITS, TaskSpec, register_task
 
 KEYS = ("path", "name", "splits", "columns")
 COLUMNS = ("text_a", "text_b", "label", "guid")
@@ -94,7 +94,7 @@ def load_splits(path: str, name: str | None = None, key: str = "task.hf_dataset"
     """{split name: datasets.Dataset} of a save_to_disk folder (a Dataset folder is the one
     split "train") or a hub dataset; errors name the path and the config key (`key`.path)."""
     try:
-        import datasets
+        import datasets  # optional (jaxpet[datasets]), and slow to import
     except ImportError:
         raise HfDatasetError(f"config key '{key}' needs the datasets package: pip install "
                              "jaxpet[datasets]") from None
@@ -293,8 +293,6 @@ def with_dataset(spec: TaskSpec, cfg: Any) -> TaskSpec:
 def register_hf_task(name: str, definition: Mapping[str, Any], cfg: Any) -> TaskSpec:
     """Registers the config-defined task `name` (task.definition: its `labels`; the file keys
     are not used) reading its splits from the dataset `cfg` (task.hf_dataset)."""
-    from jaxpet.data.tasks import register_task  # tasks imports this module's readers
-
     labels = definition.get("labels") if isinstance(definition, Mapping) else None
     if isinstance(labels, str) or not labels or not all(
             isinstance(label, str | int) and not isinstance(label, bool) for label in labels):

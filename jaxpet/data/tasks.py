@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from jaxpet.data import readers_superglue, readers_text
 from jaxpet.data.example import Example
 from jaxpet.data.files import DataFileError
 from jaxpet.data.sampling import sample_examples
@@ -197,10 +198,6 @@ def _split_file(spec: TaskSpec, data_dir: str | os.PathLike | None, split: str,
 
 
 def _register_builtins() -> None:
-    # the reader modules register through this module's register_task: importing them at the
-    # top would be a cycle
-    from jaxpet.data import readers_superglue, readers_text
-
     for module in (readers_text, readers_superglue):
         for name, (reader, labels, files) in module.TASKS.items():
             register_task(name, reader, labels, files)
