@@ -188,7 +188,7 @@ def validate(config: Config) -> None:
 def require_tensorboard() -> None:
     """ConfigError saying how to install tensorboardX, raised before any model loads."""
     try:
-        import tensorboardX  # noqa: F401
+        import tensorboardX  # noqa: F401 - optional: the check is whether it is installed
     except ImportError:
         raise ConfigError(TENSORBOARD_MISSING) from None
 
@@ -196,7 +196,7 @@ def require_tensorboard() -> None:
 def require_datasets() -> None:
     """ConfigError saying how to install `datasets` (task.hf_dataset), before any model loads."""
     try:
-        import datasets  # noqa: F401
+        import datasets  # noqa: F401 - optional: the check is whether it is installed
     except ImportError:
         raise ConfigError(DATASETS_MISSING) from None
 
@@ -226,7 +226,7 @@ def validate_text2text(section: Text2TextConfig) -> None:
         _need(bool(section.reader_options.get("path")), "reader_options.path",
                "is required with reader 'hf_dataset' (a save_to_disk folder or a hub name)")
         try:
-            import datasets  # noqa: F401
+            import datasets  # noqa: F401 - optional: the check is whether it is installed
         except ImportError:
             raise ConfigError("config key 'text2text.reader' is 'hf_dataset' but the datasets "
                               "package is not installed: pip install jaxpet[datasets]") from None

@@ -20,6 +20,7 @@ import jaxpet
 from jaxpet.atomic import remove_leftovers
 from jaxpet.config import Config, ConfigError, to_dict
 from jaxpet.data.hf_dataset import local_folder
+from jaxpet.models.minilm import resolve_model_name
 from jaxpet.runs.outputs import write_json
 
 FINGERPRINT_FILE = "fingerprint.json"
@@ -107,8 +108,6 @@ def folder_identity(folder: str | os.PathLike, prefix: str) -> dict[str, str]:
 
 def model_identity(name: str, key: str = "model.name") -> dict[str, str]:
     """A local checkpoint folder by its files' identities; a hub name by the name alone."""
-    from jaxpet.models.minilm import resolve_model_name
-
     path = resolve_model_name(name)
     if os.path.isdir(os.path.expanduser(path)):
         return folder_identity(path, f"{key}:files")

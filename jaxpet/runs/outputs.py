@@ -86,7 +86,7 @@ class MetricsWriter:
         self._file = open(self.path, "a", encoding="utf-8")  # closed in close()
         if tensorboard:
             try:
-                from tensorboardX import SummaryWriter
+                from tensorboardX import SummaryWriter  # optional: jaxpet[tensorboard]
             except ImportError as e:
                 raise RuntimeError(
                     "logging.tensorboard=true needs tensorboardX: pip install "

@@ -110,7 +110,9 @@ def plot(results: Mapping[str, Any], path: Path) -> Path | None:
     rows = summary_rows(results)
     if not rows:
         return None
-    import matplotlib  # only the plot needs it, and it takes a second to load
+    # deferred: pyplot takes a second to load, and its backend is process-wide state that
+    # only a plot should set
+    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

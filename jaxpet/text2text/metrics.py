@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import sacrebleu
 
 
 def _check_lengths(predictions: Sequence, references: Sequence, name: str) -> None:
@@ -22,8 +23,6 @@ def _check_lengths(predictions: Sequence, references: Sequence, name: str) -> No
 
 def bleu(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Corpus BLEU with sacrebleu (international tokenisation, exp smoothing, as T5 evaluates)."""
-    import sacrebleu  # each metric's library loads only when that metric is asked for
-
     _check_lengths(predictions, references, "bleu")
     result = sacrebleu.corpus_bleu(list(predictions), [list(references)], smooth_method="exp",
                                    tokenize="intl", lowercase=False)
@@ -47,7 +46,7 @@ def rouge(predictions: Sequence[str], references: Sequence[str],
           types: Sequence[str] = ("rouge1", "rouge2", "rougeLsum")) -> dict[str, float]:
     """Mean ROUGE F-measures (rouge-score, Porter stemming); for rougeLsum predictions and
     references are split into one sentence per line (sentence_lines)."""
-    from rouge_score import rouge_scorer  # loaded on use, as sacrebleu
+    from rouge_score import rouge_scorer  # loaded on use: it takes seconds (nltk)
 
     _check_lengths(predictions, references, "rouge")
     scorer = rouge_scorer.RougeScorer(list(types), use_stemmer=True)
@@ -107,7 +106,7 @@ def to_float(text: str, default: float = -1.0) -> float:
 
 def correlations(predictions: Sequence, references: Sequence) -> dict[str, float]:
     """Pearson and Spearman correlation x100 (STS-B); string predictions are parsed as floats."""
-    from scipy import stats  # loaded on use, as sacrebleu
+    from scipy import stats  # loaded on use: scipy.stats takes seconds
 
     _check_lengths(predictions, references, "correlations")
     pred = np.array([to_float(p) if isinstance(p, str) else float(p) for p in predictions])
