@@ -9,6 +9,7 @@ from typing import Any
 
 from jaxpet.data.example import Example
 from jaxpet.prompts.pvp import PVP, Part, lowercase_first, mask, remove_final_punc
+from jaxpet.prompts.registry import register_pvp
 from jaxpet.prompts.verbalizer import Verbalizer
 
 SEGMENT_SEPARATOR = " || "
@@ -214,8 +215,6 @@ def pvp_from_config(
     `verbalizer`: a mapping label -> word(s) shared by all patterns, or per pattern a list
     of such mappings or a mapping pattern id -> mapping.
     """
-    from jaxpet.prompts.registry import register_pvp
-
     if isinstance(patterns, str) or not patterns:
         raise ValueError(f"task {task_name!r}: patterns must be a non-empty list of templates")
     labels = [str(label) for label in labels]

@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpet.config import Config
+from jaxpet.config import Config, ConfigError
 from jaxpet.decoding.seq2seq import target_log_likelihood, teacher_forcing
+from jaxpet.engine.ensemble_training import constants_from_batch
 from jaxpet.losses import cloze_loss
 from jaxpet.models import LoadedModel
 from jaxpet.prompts.pvp import PVP
@@ -206,8 +207,6 @@ def make_member_t5_pet_loss(apply_fn: Callable, *, start_id: int = 0, pad_id: in
                             dropout: bool = False) -> Callable:
     """make_t5_pet_loss reading each member's label targets [L, W, T] from the batch keys
     T5_CONSTANT_KEYS ([M, L, W, T] for the ensemble; jaxpet.engine.ensemble_training)."""
-    from jaxpet.engine.ensemble_training import constants_from_batch
-
     return constants_from_batch(
         lambda ids_LxWxT, mask_LxWxT: make_t5_pet_loss(
             apply_fn, ids_LxWxT, mask_LxWxT, start_id=start_id, pad_id=pad_id, dropout=dropout),
@@ -236,8 +235,6 @@ def check_t5_pattern(pvp: PVP) -> None:
 
 def check_t5_pet_options(config: Config) -> None:
     """Fails before any training on the options a T5 PET backbone does not support."""
-    from jaxpet.config import ConfigError
-
     if config.method in ("pet", "ipet") and config.pet.lm_training:
         # PET's auxiliary loss is masked-token prediction; T5's counterpart (span corruption)
         # is a different objective, not implemented here
