@@ -18,6 +18,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tokenizers import AddedToken, ByteLevelBPETokenizer, SentencePieceUnigramTokenizer
+
+from jaxpet.models.config import EncoderConfig
+from jaxpet.models.t5_config import T5Config
+
+# transformers and JAX (with jaxpet's model code) are imported inside the functions that use
+# them: each takes seconds to load, and `jaxpet init-model --help` runs this module's main.
+
 FAMILIES = ("bert", "roberta", "xlm-roberta", "albert", "t5")
 # Encoder sizes per --size: hidden width, layers, heads, MLP width, max positions.
 ENCODER_SIZES = {"tiny": (32, 2, 4, 64, 128), "small": (128, 4, 4, 512, 512)}
@@ -50,7 +58,7 @@ def bert_tokenizer() -> Any:
     """Cased WordPiece: [PAD] 0, [UNK] 1, [CLS] 2, [SEP] 3, [MASK] 4, every corpus word whole,
     then single characters (word-initial and '##' continuations) for any other word. Built
     from the word list rather than trained, so the same command writes the same vocabulary."""
-    from transformers import BertTokenizer
+    from transformers import BertTokenizer  # deferred: seconds to load (see the top)
 
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     chars = string.ascii_letters + string.digits + string.punctuation
@@ -61,8 +69,7 @@ def bert_tokenizer() -> Any:
 
 def roberta_tokenizer() -> Any:
     """Byte-level BPE: <s> 0, <pad> 1, </s> 2, <unk> 3, <mask> 4 (swallows the space before)."""
-    from tokenizers import AddedToken, ByteLevelBPETokenizer
-    from transformers import RobertaTokenizer
+    from transformers import RobertaTokenizer  # deferred: seconds to load (see the top)
 
     # each word both sentence-initial and after a space, so both forms become one token
     lines = [form for word in _words() for form in (word, " " + word)]
@@ -87,7 +94,7 @@ def _unigram_pieces(lowercase: bool) -> list[tuple[str, float]]:
 
 def xlm_roberta_tokenizer() -> Any:
     """SentencePiece Unigram: <s> 0, <pad> 1, </s> 2, <unk> 3, ..., <mask> last."""
-    from transformers import XLMRobertaTokenizer
+    from transformers import XLMRobertaTokenizer  # deferred: seconds to load (see the top)
 
     specials = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     vocab = list(dict(specials + _unigram_pieces(False) + [("<mask>", 0.0)]).items())
@@ -96,7 +103,7 @@ def xlm_roberta_tokenizer() -> Any:
 
 def albert_tokenizer() -> Any:
     """Lower-cased SentencePiece Unigram: <pad> 0, <unk> 1, [CLS] 2, [SEP] 3, [MASK] 4."""
-    from transformers import AlbertTokenizer
+    from transformers import AlbertTokenizer  # deferred: seconds to load (see the top)
 
     specials = [("<pad>", 0.0), ("<unk>", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0), ("[MASK]", 0.0)]
     vocab = list(dict(specials + _unigram_pieces(True)).items())
@@ -106,8 +113,7 @@ def albert_tokenizer() -> Any:
 def t5_tokenizer(vocab_size: int = 160) -> Any:
     """SentencePiece Unigram trained on the sentences: <pad> 0, </s> 1, <unk> 2, then 100
     sentinels in T5's order (<extra_id_0> is the last id)."""
-    from tokenizers import SentencePieceUnigramTokenizer
-    from transformers import T5Tokenizer
+    from transformers import T5Tokenizer  # deferred: seconds to load (see the top)
 
     sp = SentencePieceUnigramTokenizer()
     sp.train_from_iterator(SENTENCES * 4, vocab_size=vocab_size,
@@ -128,9 +134,7 @@ TOKENIZERS = {"bert": bert_tokenizer, "roberta": roberta_tokenizer,
               "t5": t5_tokenizer}
 
 
-def _encoder_config(family: str, size: str, tokenizer: Any) -> Any:
-    from jaxpet.models import EncoderConfig
-
+def _encoder_config(family: str, size: str, tokenizer: Any) -> EncoderConfig:
     hidden, layers, heads, mlp, positions = ENCODER_SIZES[size]
     cumsum = family in ("roberta", "xlm-roberta")
     return EncoderConfig(
@@ -145,9 +149,7 @@ def _encoder_config(family: str, size: str, tokenizer: Any) -> Any:
         hidden_act="gelu_new" if family == "albert" else "gelu")
 
 
-def _t5_config(size: str, tokenizer: Any) -> Any:
-    from jaxpet.models import T5Config
-
+def _t5_config(size: str, tokenizer: Any) -> T5Config:
     d_model, layers, heads, d_kv, d_ff = T5_SIZES[size]
     return T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_kv, d_ff=d_ff,
                     num_layers=layers, num_decoder_layers=layers, num_heads=heads,
@@ -164,18 +166,19 @@ def random_model(family: str, size: str = "tiny", seed: int = 0) -> Any:
         raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
     if size not in ENCODER_SIZES:
         raise ValueError(f"unknown size {size!r}; choose one of {', '.join(ENCODER_SIZES)}")
+    # deferred: JAX and the model code take seconds to load (see the top)
     import jax
 
-    from jaxpet.models import LoadedModel
+    from jaxpet.models.pretrained import LoadedModel
 
     tokenizer = TOKENIZERS[family]()
     if family == "t5":
-        from jaxpet.models.t5 import T5, init_t5_params
+        from jaxpet.models.t5 import T5, init_t5_params  # deferred: loads JAX (see the top)
 
         config = _t5_config(size, tokenizer)
         return LoadedModel(T5(config), init_t5_params(config, jax.random.key(seed)), config,
                            tokenizer)
-    from jaxpet.models import init_model as random_encoder
+    from jaxpet.models.pretrained import init_model as random_encoder  # deferred: loads JAX
 
     lm = random_encoder(_encoder_config(family, size, tokenizer), head="mlm", seed=seed)
     lm.tokenizer = tokenizer
@@ -185,7 +188,7 @@ def random_model(family: str, size: str = "tiny", seed: int = 0) -> Any:
 def init_model(family: str, out_dir: str | Path, size: str = "tiny", seed: int = 0) -> Path:
     """Writes `random_model(family, size, seed)` and its tokenizer to `out_dir` in Hugging Face
     layout; returns the folder."""
-    from jaxpet.models import save_pretrained
+    from jaxpet.models.pretrained import save_pretrained  # deferred: loads JAX (see the top)
 
     return Path(save_pretrained(random_model(family, size, seed), out_dir))
 
