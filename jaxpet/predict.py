@@ -65,7 +65,7 @@ class SavedScorer:
         """Raw label scores [N, L] as the run's evaluation writes them (eval_logits.npy):
         verbalizer logits (cloze), summed candidate log-likelihoods (candidates), T5 label
         log-likelihoods (seq2seq) or classifier logits."""
-        from jaxpet.pipelines.pet import predict_logits
+        from jaxpet.pipelines.member import predict_logits
 
         if self.card.scorer == "classifier":
             from jaxpet.pipelines.distill import encode_classifier_inputs
@@ -73,7 +73,7 @@ class SavedScorer:
             self.fn = self.fn or make_classifier_logits_fn(self.lm.module.apply)
             arrays = encode_classifier_inputs(self.lm, examples, self.card.max_seq_length)
             return predict_logits(self.config, self.fn, self.lm.params, arrays, self.mesh)
-        from jaxpet.pipelines.pet import pattern_scores, prepare_pattern
+        from jaxpet.pipelines.member import pattern_scores, prepare_pattern
 
         # the pipeline's own encoding: the new texts are the evaluation set; one example
         # stands in for the labeled set, which prediction does not use
@@ -352,7 +352,7 @@ def load_scorer(folder: Path, batch_size: int | None = None,
     """One saved model folder as a SavedScorer; errors name the folder's file and key."""
     import jax.numpy as jnp
 
-    from jaxpet.pipelines.pet import place_params
+    from jaxpet.pipelines.member import place_params
 
     card = read_card(folder)
     config = card_config(card, folder, batch_size)

@@ -1,7 +1,7 @@
 """Tiny trained runs shared by test_saved_models.py, test_evaluate.py and test_predict.py, each
 trained once per session (per xdist worker): the parameters each training returned are kept
-(a spy on jaxpet.pipelines.pet.train), so that a test can compare a saved model with what was really
-trained."""
+(a spy on jaxpet.pipelines.member.train, which jaxpet.pipelines.distill calls too), so that a test
+can compare a saved model with what was really trained."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import pytest
 from test_train_cli import build_workspace
 
 import jaxpet.engine.training
+import jaxpet.pipelines.distill
+import jaxpet.pipelines.member
 import jaxpet.pipelines.pet
 
 AGNEWS_LABELS = ["1", "2", "3", "4"]  # pet.md: files label 1..4, in this order
@@ -25,7 +27,7 @@ def train(config: Any) -> dict[str, Any]:
     """Runs `config` with fast CPU compiles; returns {folder name: trained params} of every
     training in it (members by member name, iPET members as g1/p0-s0, `distilled`)."""
     trained: dict[str, Any] = {}
-    original_train = jaxpet.pipelines.pet.train
+    original_train = jaxpet.pipelines.member.train
     original_init = jaxpet.engine.training.Trainer.__init__
 
     def spy(config, settings, loss_fn, params, groups, mesh, folder, seed):
@@ -43,7 +45,8 @@ def train(config: Any) -> dict[str, Any]:
         original_init(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jaxpet.pipelines.pet, "train", spy)
+        patch.setattr(jaxpet.pipelines.member, "train", spy)  # the members
+        patch.setattr(jaxpet.pipelines.distill, "train", spy)  # the classifiers
         patch.setattr(jaxpet.engine.training.Trainer, "__init__", init)
         jaxpet.pipelines.pet.run(config)
     return trained

@@ -121,8 +121,8 @@ def _hand_csv(folder, rows) -> None:
 def test_config_defined_task_encodes_the_hand_written_tokens(tmp_path):
     from transformers import AutoTokenizer
 
-    from jaxpet.pipelines.pet import load_task_data, prepare_pattern
-    from jaxpet.pipelines.setup import load_model
+    from jaxpet.pipelines.member import prepare_pattern
+    from jaxpet.pipelines.setup import load_model, load_task_data
 
     workspace = build_workspace(tmp_path)
     data = tmp_path / "hand"
@@ -220,19 +220,19 @@ def test_multi_token_yaml_task_scores_candidates_max_first(tmp_path, monkeypatch
 
     from transformers import AutoTokenizer, BertForMaskedLM
 
-    import jaxpet.pipelines.pet
+    import jaxpet.pipelines.member
     from jaxpet.data.tasks import load_examples
     from jaxpet.models import load_pretrained, save_pretrained
 
     trained = []
-    original_train = jaxpet.pipelines.pet.train
+    original_train = jaxpet.pipelines.member.train
 
     def keep_trained(*args, **kwargs):  # the member's trained params, which no file holds
         params, seconds = original_train(*args, **kwargs)
         trained.append(params)
         return params, seconds
 
-    monkeypatch.setattr(jaxpet.pipelines.pet, "train", keep_trained)
+    monkeypatch.setattr(jaxpet.pipelines.member, "train", keep_trained)
     workspace = build_workspace(tmp_path)
     model_dir = _context_sensitive_bert(workspace, tmp_path / "sharp-bert")
     out = tmp_path / "out-multi"
@@ -291,8 +291,8 @@ logging: {{progress: false}}
 
 
 def test_priming_refuses_multi_token_label_words(tmp_path):
-    from jaxpet.pipelines.pet import load_task_data, prepare_pattern
-    from jaxpet.pipelines.setup import load_model
+    from jaxpet.pipelines.member import prepare_pattern
+    from jaxpet.pipelines.setup import load_model, load_task_data
 
     workspace = build_workspace(tmp_path)
     config = tmp_path / "primed-multi.yaml"

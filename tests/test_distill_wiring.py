@@ -165,8 +165,8 @@ class FakeTrain:
 @pytest.fixture
 def fakes(monkeypatch, tokenizer):
     loader, train, saved = FakeLoader(tokenizer), FakeTrain(), []
-    monkeypatch.setattr("jaxpet.pipelines.pet.load_model", loader)
-    monkeypatch.setattr("jaxpet.pipelines.pet.train", train)
+    monkeypatch.setattr("jaxpet.pipelines.distill.load_model", loader)
+    monkeypatch.setattr("jaxpet.pipelines.distill.train", train)
     monkeypatch.setattr("jaxpet.pipelines.model_saving.save_classifier",
                         lambda *args, **kwargs: saved.append((args, kwargs)))
     return SimpleNamespace(loader=loader, train=train, saved=saved)
@@ -735,7 +735,7 @@ def test_distillation_epochs_step_through_the_unlabeled_set_in_its_own_batches(t
                                                                               monkeypatch):
     # PET replaces the distillation's train loader by the unlabeled loader before it counts the
     # steps, so num_train_epochs passes take ceil(N / unlabeled batch) steps each.
-    from jaxpet.pipelines import pet
+    from jaxpet.pipelines import member
 
     captured = {}
 
@@ -750,13 +750,13 @@ def test_distillation_epochs_step_through_the_unlabeled_set_in_its_own_batches(t
         def init(self, params):
             return SimpleNamespace(params=params)
 
-    monkeypatch.setattr(pet, "fit", fake_fit)
-    monkeypatch.setattr(pet, "Trainer", FakeTrainer)
+    monkeypatch.setattr(member, "fit", fake_fit)
+    monkeypatch.setattr(member, "Trainer", FakeTrainer)
     config = _config(tmp_path)
     settings = ClassifierConfig(max_steps=-1, num_train_epochs=2, train_batch_size=2,
                                 unlabeled_batch_size=4)
     rows = {"input_ids": np.zeros((10, 3), np.int32), "attention_mask": np.ones((10, 3), np.int32)}
     mesh = build_mesh(config)
-    pet.train(config, settings, None, {}, {"": (rows, settings.unlabeled_batch_size, 0)}, mesh,
+    member.train(config, settings, None, {}, {"": (rows, settings.unlabeled_batch_size, 0)}, mesh,
               tmp_path / "distilled", seed=0)
     assert captured["num_steps"] == 2 * 3  # 2 epochs of ceil(10 / 4) steps, not ceil(10 / 2)

@@ -113,7 +113,7 @@ def test_head_only_warmup_trains_head_exports_and_is_reused(workspace, tmp_path)
     from jaxpet.engine.sharding import build_mesh
     from jaxpet.models import load_pretrained
     from jaxpet.pipelines import mlm_pretrain
-    from jaxpet.pipelines.pet import load_model, load_task_data
+    from jaxpet.pipelines.setup import load_model, load_task_data
 
     config = load_config(workspace["config"], [
         f"output_dir={tmp_path}", "mlm_pretrain.enabled=true", "mlm_pretrain.steps=12",

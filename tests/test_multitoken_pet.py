@@ -247,7 +247,8 @@ def test_copa_trains_end_to_end(workspace, tiny_lm):
     assert unlabeled_Ux2.shape == (4, 2) and np.isfinite(unlabeled_Ux2).all()
 
     # iPET appends pseudo-labeled unlabeled rows to the labeled ones: same training layout
-    from jaxpet.pipelines.pet import load_task_data, prepare_pattern
+    from jaxpet.pipelines.member import prepare_pattern
+    from jaxpet.pipelines.setup import load_task_data
 
     data = load_task_data(config)
     pattern = prepare_pattern(config, tiny_lm, data, 0)
@@ -260,7 +261,8 @@ def test_copa_trains_end_to_end(workspace, tiny_lm):
 
 def test_config_defined_multi_token_verbalizer(workspace, tiny_lm):
     from jaxpet.data.custom import task_from_config
-    from jaxpet.pipelines.pet import load_task_data, run
+    from jaxpet.pipelines.pet import run
+    from jaxpet.pipelines.setup import load_task_data
     from jaxpet.prompts import get_pvp
     from jaxpet.prompts.multitoken import encode_multi_token_decoding
     from jaxpet.prompts.template import pvp_from_config
@@ -298,7 +300,8 @@ def test_config_defined_multi_token_verbalizer(workspace, tiny_lm):
 
 
 def test_record_and_wsc_evaluate_through_run(workspace, tiny_lm):
-    from jaxpet.pipelines.pet import load_task_data, run
+    from jaxpet.pipelines.pet import run
+    from jaxpet.pipelines.setup import load_task_data
     from jaxpet.prompts import get_pvp
     from jaxpet.prompts.multitoken import encode_multi_token_decoding
 

@@ -12,6 +12,8 @@ import pytest
 from test_ensemble_ipet import pet_reference_train_set
 from test_train_cli import build_workspace
 
+import jaxpet.pipelines.distill
+import jaxpet.pipelines.member
 import jaxpet.pipelines.pet
 from jaxpet.config import load_config
 from jaxpet.runs import outputs
@@ -167,7 +169,7 @@ class Killed(Exception):
 
 def _kill_in(monkeypatch, folder_name: str, at_step: int) -> None:
     """Raises Killed when `folder_name`'s training logs step `at_step` (0: before it starts)."""
-    original_train, original_write = jaxpet.pipelines.pet.train, outputs.ThroughputLog.write
+    original_train, original_write = jaxpet.pipelines.member.train, outputs.ThroughputLog.write
 
     def train(config, settings, loss_fn, params, groups, mesh, folder, seed):
         if folder.name == folder_name and at_step == 0:
@@ -179,7 +181,8 @@ def _kill_in(monkeypatch, folder_name: str, at_step: int) -> None:
         if Path(self.writer.directory).name == folder_name and step == at_step:
             raise Killed(f"{folder_name} at step {step}")
 
-    monkeypatch.setattr(jaxpet.pipelines.pet, "train", train)
+    monkeypatch.setattr(jaxpet.pipelines.member, "train", train)  # the members
+    monkeypatch.setattr(jaxpet.pipelines.distill, "train", train)  # the classifiers
     monkeypatch.setattr(outputs.ThroughputLog, "write", write)
 
 
@@ -229,7 +232,7 @@ def expected_ipet_sets(logits: dict, weights: dict, quotas: list[int], reduction
 def spy_on_training(monkeypatch) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     """Records the arrays every model trains on: {"g1/p0-s0": {group prefix: arrays}}."""
     seen: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    original = jaxpet.pipelines.pet.train
+    original = jaxpet.pipelines.member.train
 
     def train(config, settings, loss_fn, params, groups, mesh, folder, seed):
         seen[f"{folder.parent.name}/{folder.name}"] = {
@@ -237,7 +240,7 @@ def spy_on_training(monkeypatch) -> dict[str, dict[str, dict[str, np.ndarray]]]:
             for prefix, (arrays, _, _) in groups.items()}
         return original(config, settings, loss_fn, params, groups, mesh, folder, seed)
 
-    monkeypatch.setattr(jaxpet.pipelines.pet, "train", train)
+    monkeypatch.setattr(jaxpet.pipelines.member, "train", train)
     return seen
 
 

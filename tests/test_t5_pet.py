@@ -144,8 +144,8 @@ def test_tiny_t5_pet_training_fits_the_labeled_set(tiny):
 
 
 def test_parallel_member_loss_reads_padded_label_targets_from_the_batch(tiny):
+    from jaxpet.pipelines.member import PatternData
     from jaxpet.pipelines.parallel_members import member_constants
-    from jaxpet.pipelines.pet import PatternData
     from jaxpet.scoring.seq2seq import T5_CONSTANT_KEYS, make_member_t5_pet_loss
 
     lm, _ = tiny

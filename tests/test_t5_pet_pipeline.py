@@ -177,13 +177,13 @@ def test_ensemble_is_distilled_into_the_classifier_model(workspace, pet_run):
 def test_multi_token_label_words_are_scored_without_the_k_step_path(workspace, pet_run):
     from jaxpet.engine.sharding import build_mesh
     from jaxpet.models import load_pretrained
-    from jaxpet.pipelines.pet import (
+    from jaxpet.pipelines.member import (
         PatternData,
-        load_task_data,
         place_params,
         predict_logits,
         prepare_pattern,
     )
+    from jaxpet.pipelines.setup import load_task_data
     from jaxpet.prompts import get_pvp
     from jaxpet.scoring.scorer import needs_multi_token
     from jaxpet.scoring.seq2seq import sentinel_tokenizer
@@ -275,7 +275,8 @@ def test_a_t5_run_needs_classifier_model_only_when_it_trains_a_classifier(worksp
 
 def test_candidate_patterns_fail_naming_task_and_pattern(workspace):
     from jaxpet.models import load_pretrained
-    from jaxpet.pipelines.pet import TaskData, prepare_pattern
+    from jaxpet.pipelines.member import prepare_pattern
+    from jaxpet.pipelines.setup import TaskData
 
     lm = load_pretrained(str(workspace["t5"]), head="seq2seq")
     config = load_config(workspace["config"], ["task.name=copa", "pet.pattern_ids=[1]"])

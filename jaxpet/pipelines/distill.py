@@ -29,6 +29,7 @@ from jaxpet.engine.batch_keys import MODEL_INPUTS
 from jaxpet.engine.sharding import check_batch_sizes
 from jaxpet.models import LoadedModel
 from jaxpet.pipelines import model_saving
+from jaxpet.pipelines.member import aggregate, predict_logits, train
 from jaxpet.pipelines.merge import merge_logits
 from jaxpet.pipelines.mlm_pretrain import encode_texts
 from jaxpet.pipelines.setup import (
@@ -37,13 +38,11 @@ from jaxpet.pipelines.setup import (
     evaluate_scores,
     is_t5_checkpoint,
     label_indices,
+    load_model,
     write_predictions,
 )
 from jaxpet.runs import outputs
 from jaxpet.scoring.cloze_step import make_classifier_logits_fn, make_classifier_loss
-
-# jaxpet.pipelines.pet imports this module: its names are imported where they are used.
-
 
 
 def encode_classifier_inputs(lm: LoadedModel, examples: Sequence[Any], max_seq_length: int) -> dict:
@@ -90,8 +89,6 @@ def classifier_model(config: Config, num_labels: int, encoder_params: Any = None
 
     The warmed-up encoder (mlm_pretrain) belongs to model.name; a classifier.model of another
     checkpoint starts from its own weights."""
-    from jaxpet.pipelines.pet import load_model
-
     name = classifier_model_name(config)
     if encoder_params is not None and name != config.model.name:
         print(f"classifier.model {name!r} is not model.name: the classifier starts from its own "
@@ -104,10 +101,9 @@ def classifier_model(config: Config, num_labels: int, encoder_params: Any = None
 
 def fit_classifier(config: Config, loss_fn: Any, params: Any, groups: dict, mesh: Mesh,
                    folder: Path, seed: int) -> tuple[Any, float]:
-    """jaxpet.pipelines.pet.train with the classifier settings; `classifier.max_steps` 0 trains
-    nothing
-    (no optimizer, no checkpoints) and returns `params` as they are, to be evaluated."""
-    from jaxpet.pipelines.pet import train
+    """jaxpet.pipelines.member.train with the classifier settings; `classifier.max_steps` 0
+    trains nothing (no optimizer, no checkpoints) and returns `params` as they are, to be
+    evaluated."""
 
     if config.classifier.max_steps == 0:
         print(f"{folder.name}: classifier.max_steps is 0, evaluating the classifier untrained")
@@ -118,8 +114,6 @@ def fit_classifier(config: Config, loss_fn: Any, params: Any, groups: dict, mesh
 def run_classifier(config: Config, data: TaskData, mesh: Mesh, out: Path,
                    encoder_params: Any = None) -> dict[str, Any]:
     """Supervised sequence classifier(s) on the labeled set; one folder `sc-s{S}` each."""
-    from jaxpet.pipelines.pet import aggregate
-
     settings = config.classifier
     check_batch_sizes(mesh, {"classifier.train_batch_size": settings.train_batch_size,
                              "eval.batch_size": config.eval.batch_size})
@@ -157,8 +151,6 @@ def evaluate_classifier(config: Config, lm: LoadedModel, params: Any, data: Task
     """Scores the eval set with a sequence classifier's `params`, writes eval_logits.npy and
     predictions.jsonl to `folder`; returns the eval metrics. Training and method evaluate
     (jaxpet.pipelines.evaluate) both score a classifier through it."""
-    from jaxpet.pipelines.pet import predict_logits
-
     eval_arrays = encode_classifier_inputs(lm, data.eval, max_seq_length)
     logits_fn = make_classifier_logits_fn(lm.module.apply)
     eval_logits = predict_logits(config, logits_fn, params, eval_arrays, mesh)
@@ -205,8 +197,6 @@ def merge_members(config: Config, data: TaskData, member_dir: Path, members: Map
 def distill(config: Config, data: TaskData, mesh: Mesh, out: Path, teacher_NxL: np.ndarray,
             encoder_params: Any = None) -> dict[str, Any]:
     """Trains the final classifier on the unlabeled set against `teacher_NxL` soft labels."""
-    from jaxpet.pipelines.pet import predict_logits
-
     folder = out / "distilled"
     if (folder / "results.json").exists():
         model_saving.check_reused(config, folder, final=True)

@@ -3,11 +3,11 @@
 `python train.py --config RUN.yaml method=evaluate [evaluate.run_dir=RUN_DIR]` loads every model
 the run saved (jaxpet.pipelines.model_saving: `p*-s*/model`, `g*/p*-s*/model`, `distilled/model`,
 `sc-s*/model`), scores the config's task and eval_set through the pipeline's own evaluation
-(jaxpet.pipelines.pet.evaluate_member, jaxpet.pipelines.distill.evaluate_classifier), merges the
-members as the run
-merged them (its pet.reduction and members' wmean weights), and writes the run's layout of
-results.json, summary.md, member folders with eval_logits.npy and predictions.jsonl into its own
-folder: `output_dir`, or `<output_dir>/evaluate` when the run folder is output_dir itself.
+(jaxpet.pipelines.member.evaluate_member, jaxpet.pipelines.distill.evaluate_classifier), merges
+the members as the run merged them (its pet.reduction and members' wmean weights), and writes the
+run's layout of results.json, summary.md, member folders with eval_logits.npy and
+predictions.jsonl into its own folder: `output_dir`, or `<output_dir>/evaluate` when the run
+folder is output_dir itself.
 Each member is scored with its run's settings (its jaxpet.json config: pattern, verbalizer,
 lengths, decoding, dtype); the config given names the data, eval batch size and mesh.
 """
@@ -20,20 +20,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 from jax.sharding import Mesh
+from omegaconf import OmegaConf
 
 from jaxpet.config import Config, ConfigError, load_config, merge_config, to_yaml
 from jaxpet.config.load import fill_unread
 from jaxpet.engine.compilation_cache import enable_compilation_cache
 from jaxpet.engine.sharding import build_mesh
+from jaxpet.pipelines import distill, member
 from jaxpet.pipelines.setup import TaskData, load_model, load_task_data
 from jaxpet.runs import fingerprint, outputs
 from jaxpet.runs.lock import RunLock
 from jaxpet.runs.outputs import check_output_dir
 from jaxpet.runs.report import write_report
 from jaxpet.runs.saved_model import is_saved_model, read_card
-
-# jaxpet.pipelines.pet imports this module: its names are imported where they are used.
 
 MEMBER = re.compile(r"p\d+-s\d+")
 GENERATION = re.compile(r"g\d+")
@@ -77,9 +78,6 @@ def stages(run: Path, method: str) -> list[str]:
 def member_config(config: Config, card: Any, folder: Path) -> Config:
     """The run's config from the member's card, with the data, eval batch size and mesh of
     the evaluation's `config`."""
-    from omegaconf import OmegaConf
-
-
     merged = merge_config(OmegaConf.structured(Config), OmegaConf.create(card.config),
                           f"{folder / 'jaxpet.json'} (config)")
     fill_unread(merged, merged.method)  # sections the run's method does not read
@@ -95,16 +93,14 @@ def member_config(config: Config, card: Any, folder: Path) -> Config:
 def evaluate_member(config: Config, data: TaskData, mesh: Mesh, folder: Path, out: Path,
                     run_results: dict[str, Any]) -> dict[str, Any]:
     """Scores one saved PET member; its results are the run's with the new eval metrics."""
-    from jaxpet.pipelines import pet
-
     card = read_card(folder / "model")
     settings = member_config(config, card, folder / "model")
     lm = load_model(settings, "mlm", name=str(folder / "model"))
-    lm = dataclasses.replace(lm, params=pet.place_params(lm.params, mesh))
-    pattern = pet.prepare_pattern(settings, lm, data, card.pattern_id)
+    lm = dataclasses.replace(lm, params=member.place_params(lm.params, mesh))
+    pattern = member.prepare_pattern(settings, lm, data, card.pattern_id)
     print(f"{folder.name}: scoring the saved model of pattern {card.pattern_id} "
           f"({card.scorer})")
-    metrics = pet.evaluate_member(settings, pattern, lm.params, data, mesh, out)
+    metrics = member.evaluate_member(settings, pattern, lm.params, data, mesh, out)
     results = {**run_results, "eval_set": config.task.eval_set, "metrics": metrics,
                "num_eval": len(data.eval), "model_dir": str(folder / "model")}
     outputs.write_json(out / "results.json", results)
@@ -114,9 +110,6 @@ def evaluate_member(config: Config, data: TaskData, mesh: Mesh, folder: Path, ou
 def evaluate_classifier(config: Config, data: TaskData, mesh: Mesh, folder: Path, out: Path,
                         run_results: dict[str, Any]) -> dict[str, Any]:
     """Scores one saved sequence classifier (distilled or baseline)."""
-    from jaxpet.pipelines.distill import evaluate_classifier as score
-    from jaxpet.pipelines.pet import place_params
-
     card = read_card(folder / "model")
     settings = member_config(config, card, folder / "model")
     if list(card.labels) != list(data.labels):
@@ -124,9 +117,10 @@ def evaluate_classifier(config: Config, data: TaskData, mesh: Mesh, folder: Path
                           f"task {data.name!r}'s {data.labels}")
     lm = load_model(settings, "classifier", num_labels=len(card.labels),
                     name=str(folder / "model"))
-    lm = dataclasses.replace(lm, params=place_params(lm.params, mesh))
+    lm = dataclasses.replace(lm, params=member.place_params(lm.params, mesh))
     print(f"{folder.name}: scoring the saved sequence classifier")
-    metrics = score(settings, lm, lm.params, data, mesh, out, card.max_seq_length)
+    metrics = distill.evaluate_classifier(settings, lm, lm.params, data, mesh, out,
+                                          card.max_seq_length)
     results = {**run_results, "eval_set": config.task.eval_set, "metrics": metrics,
                "num_eval": len(data.eval), "model_dir": str(folder / "model")}
     outputs.write_json(out / "results.json", results)
@@ -142,14 +136,11 @@ def evaluate_stage(config: Config, trained: Config, data: TaskData, mesh: Mesh, 
                    out: Path, stage: str, names: list[str]) -> dict[str, Any]:
     """The saved members of one stage, and their merge when the run's whole ensemble was
     saved: {"members", "patterns", "pet"[, "ensemble"]}."""
-    from jaxpet.pipelines.distill import merge_members
-    from jaxpet.pipelines.pet import aggregate
-
     members = {name: evaluate_member(config, data, mesh, run / stage / name, out / stage / name,
                                      read_results(run / stage / name)) for name in names}
     results = {"members": members,
-               "patterns": aggregate(members, lambda r: f"p{r['pattern_id']}"),
-               "pet": aggregate(members, lambda r: "all")["all"]}
+               "patterns": member.aggregate(members, lambda r: f"p{r['pattern_id']}"),
+               "pet": member.aggregate(members, lambda r: "all")["all"]}
     everyone = sorted(m.name for m in (run / stage).iterdir()
                       if MEMBER.fullmatch(m.name) and (m / "results.json").is_file())
     if everyone != names:
@@ -165,7 +156,7 @@ def evaluate_stage(config: Config, trained: Config, data: TaskData, mesh: Mesh, 
     merge_settings = dataclasses.replace(trained, task=config.task)
     last = stage == stages(run, trained.method)[-1]
     target = out / "ensemble" if last else out / stage / "ensemble"
-    results["ensemble"] = merge_members(merge_settings, data, out / stage, members, target)
+    results["ensemble"] = distill.merge_members(merge_settings, data, out / stage, members, target)
     return results
 
 
@@ -184,9 +175,6 @@ def check_output(out: Path, run: Path) -> None:
 
 def run(config: Config) -> dict[str, Any]:
     """Scores the saved models of the run folder; writes and returns the results."""
-    import jax
-
-
     start = time.perf_counter()
     run_dir, out = folders(config)
     trained = run_config(run_dir)
@@ -201,8 +189,6 @@ def run(config: Config) -> dict[str, Any]:
 
 def evaluate_in_folder(config: Config, trained: Config, run: Path, out: Path,
                        start: float) -> dict[str, Any]:
-    from jaxpet.pipelines.pet import aggregate
-
     names = {stage: saved_members(run / stage) for stage in stages(run, trained.method)
              if (run / stage).is_dir()}
     names = {stage: found for stage, found in names.items() if found}
@@ -253,7 +239,8 @@ def evaluate_in_folder(config: Config, trained: Config, run: Path, out: Path,
     if baselines:
         members = {name: evaluate_classifier(config, data, mesh, run / name, out / name,
                                              read_results(run / name)) for name in baselines}
-        results["classifier"] = {"members": members, **aggregate(members, lambda r: "summary")}
+        results["classifier"] = {"members": members,
+                                 **member.aggregate(members, lambda r: "summary")}
     results["wall_time_s"] = time.perf_counter() - start
     outputs.write_json(out / "results.json", results)
 

@@ -18,6 +18,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxpet.config import Config
+from jaxpet.pipelines.distill import finish_ensemble, merge_members, run_classifier
+from jaxpet.pipelines.ensemble import prepare_pet, train_ensemble, warmed_up_encoder
 from jaxpet.pipelines.ipet_sets import (
     PseudoLabeledSet,
     examples_per_label,
@@ -27,8 +29,6 @@ from jaxpet.pipelines.ipet_sets import (
 from jaxpet.pipelines.model_saving import member_is_final
 from jaxpet.pipelines.setup import TaskData
 from jaxpet.runs import outputs
-
-# jaxpet.pipelines.pet imports this module: its names are imported where they are used.
 
 
 def next_generation_sets(config: Config, data: TaskData, generation_dir: Path,
@@ -76,9 +76,6 @@ def member_train_arrays(labeled: Mapping[str, np.ndarray], unlabeled: Mapping[st
 
 def run_ipet(config: Config, data: TaskData, mesh: Mesh, out: Path) -> dict[str, Any]:
     """All generations, then the merge and distillation of the last one."""
-    from jaxpet.pipelines.distill import finish_ensemble, merge_members, run_classifier
-    from jaxpet.pipelines.pet import prepare_pet, train_ensemble, warmed_up_encoder
-
     if not data.unlabeled:
         raise ValueError("method ipet needs unlabeled examples (task.unlabeled_examples)")
     lm, params, patterns, results = prepare_pet(config, data, mesh, out)

@@ -9,6 +9,7 @@ the trained model in Hugging Face layout (`model/`), which any later run can loa
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -150,8 +151,6 @@ def default_max_targets(probability: float, seq_length: int) -> int:
 
 
 def _replace_params(lm: LoadedModel, params: Any) -> Any:
-    import dataclasses
-
     return dataclasses.replace(lm, params=params)
 
 

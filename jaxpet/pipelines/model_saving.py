@@ -13,9 +13,14 @@ and says how to get one.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxpet.config import Config, ConfigError, to_dict
 from jaxpet.models import LoadedModel
@@ -61,8 +66,6 @@ def check_reused(config: Config, folder: Path, final: bool) -> None:
 def run_fingerprint(config: Config) -> dict[str, Any]:
     """The run's fingerprint as its folder stores it (written before any model trains), or
     computed when the folder has none."""
-    import json
-
     stored = Path(config.output_dir) / fingerprint.FINGERPRINT_FILE
     if stored.is_file():
         return json.loads(stored.read_text(encoding="utf-8"))
@@ -76,13 +79,8 @@ def backbone(lm: LoadedModel) -> str:
 
 def host_params(params: Any) -> Any:
     """The parameters as host numpy arrays (gathered from every process when sharded)."""
-    import jax
-    import numpy as np
-
     def to_host(leaf: Any) -> np.ndarray:
         if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            from jax.experimental import multihost_utils
-
             # a collective: every process gathers the same leaves in the same (tree) order
             return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
         return np.asarray(jax.device_get(leaf))
@@ -92,8 +90,6 @@ def host_params(params: Any) -> Any:
 
 def save(folder: Path, lm: LoadedModel, params: Any, card: ModelCard) -> Path | None:
     """Writes `lm` with `params` and `card` to `folder/model` (atomically), from process 0."""
-    import jax
-
     params = host_params(params)
     if jax.process_index() != 0:
         return None

@@ -27,10 +27,9 @@ from jaxpet.engine.checkpoint import Checkpointer
 from jaxpet.engine.ensemble_training import Member, train_members
 from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer, num_updates
 from jaxpet.models import LoadedModel
+from jaxpet.pipelines.member import training_groups
 from jaxpet.runs import outputs
 from jaxpet.scoring.scorer import pad_member_constants
-
-# jaxpet.pipelines.pet imports this module: its names are imported where they are used.
 
 
 def _jobs(config: Config, patterns: Sequence[Any], out: Path,
@@ -67,8 +66,6 @@ def train_in_parallel(config: Config, lm: LoadedModel, params: Any, patterns: Se
                       train_sets: Mapping[str, Mapping[str, np.ndarray]] | None = None
                       ) -> dict[str, tuple[Any, float]]:
     """Trains the eligible members together; returns {member name: (params, seconds)}."""
-    from jaxpet.pipelines.pet import training_groups
-
     settings = config.pet
     jobs = _jobs(config, patterns, out, train_sets)
     updates = {num_updates(settings, len(train_set["labels"]), settings.train_batch_size)

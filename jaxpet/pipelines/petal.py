@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -289,8 +290,6 @@ def search(config: Config) -> PetalResult:
 # -- outputs ------------------------------------------------------------------------------------
 def verbalizer_yaml(result: PetalResult) -> str:
     """`{pattern_id: {label: [words]}}` as YAML, each word's score as a comment."""
-    import json
-
     lines = [f"# label words found by jaxpet petal for task {result.task!r} "
              f"({result.num_examples} labeled examples); use: task.verbalizer=<this file>"]
     for pattern_id, table in result.words.items():
