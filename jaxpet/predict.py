@@ -30,8 +30,9 @@ from jaxpet.runs.final_model import final_model_folders, member_weights
 from jaxpet.runs.saved_model import ModelCard, SavedModelError, read_card
 from jaxpet.scoring.cloze_step import make_classifier_logits_fn
 
-# the PET pipeline's member and classifier functions are imported where they are used:
-# they load the pipeline, which `jaxpet predict` of a single saved model does not need.
+# jaxpet.pipelines.member and jaxpet.pipelines.distill are imported inside the functions that
+# use them, as the pipelines' move left those lines; no cycle requires it (every prediction
+# loads pipelines.member, and this module is above the pipelines).
 
 # the head each scorer kind loads its saved folder with (jaxpet.models.load_pretrained)
 HEADS = {"cloze": "mlm", "candidates": "mlm", "seq2seq": "seq2seq", "classifier": "classifier"}
