@@ -736,6 +736,7 @@ def test_distillation_epochs_step_through_the_unlabeled_set_in_its_own_batches(t
     # PET replaces the distillation's train loader by the unlabeled loader before it counts the
     # steps, so num_train_epochs passes take ceil(N / unlabeled batch) steps each.
     from jaxpet.pipelines import member
+    from jaxpet.runs import train_stage
 
     captured = {}
 
@@ -750,8 +751,8 @@ def test_distillation_epochs_step_through_the_unlabeled_set_in_its_own_batches(t
         def init(self, params):
             return SimpleNamespace(params=params)
 
-    monkeypatch.setattr(member, "fit", fake_fit)
-    monkeypatch.setattr(member, "Trainer", FakeTrainer)
+    monkeypatch.setattr(train_stage, "fit", fake_fit)
+    monkeypatch.setattr(train_stage, "Trainer", FakeTrainer)
     config = _config(tmp_path)
     settings = ClassifierConfig(max_steps=-1, num_train_epochs=2, train_batch_size=2,
                                 unlabeled_batch_size=4)

@@ -7,7 +7,6 @@ evaluation and prediction build on these functions.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,9 @@ from jax.sharding import Mesh
 from jaxpet.config import Config, ConfigError, TrainingConfig
 from jaxpet.data.batching import DEFAULT_BUCKETS, Batcher, trim_to_bucket
 from jaxpet.engine.batch_keys import MODEL_INPUTS
-from jaxpet.engine.checkpoint import Checkpointer
-from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer, num_updates
+from jaxpet.engine.optim import num_updates
 from jaxpet.engine.sharding import param_shardings, place
-from jaxpet.engine.training import Trainer, fit, predict
+from jaxpet.engine.training import predict
 from jaxpet.models import LoadedModel
 from jaxpet.pipelines import model_saving
 from jaxpet.pipelines.setup import TaskData, check_memory, evaluate_scores, verbalizer_file
@@ -29,6 +27,7 @@ from jaxpet.prompts import get_pvp
 from jaxpet.prompts.priming import encode_primed
 from jaxpet.prompts.pvp import PVP
 from jaxpet.runs import outputs
+from jaxpet.runs.train_stage import settings_schedule, train_stage
 from jaxpet.scoring.scorer import make_scorer
 
 
@@ -39,27 +38,8 @@ def train(config: Config, settings: TrainingConfig, loss_fn: Any, params: Any, g
     # the first group sets the pace (the labeled set, or the distillation's unlabeled set)
     arrays, batch_size, _ = next(iter(groups.values()))
     updates = num_updates(settings, len(arrays["input_ids"]), batch_size)
-    optimizer = make_optimizer(settings.learning_rate, updates, settings.warmup_steps,
-                               settings.weight_decay, settings.adam_epsilon,
-                               settings.max_grad_norm, settings.accumulation_steps)
-    lr_fn = make_learning_rate_fn(settings.learning_rate, updates, settings.warmup_steps,
-                                  settings.accumulation_steps)
-    trainer = Trainer(loss_fn, optimizer, mesh, learning_rate_fn=lr_fn)
-    state = trainer.init(params)
-    checkpointer = None
-    if config.checkpoint.every:
-        checkpointer = Checkpointer(folder / "checkpoints", config.checkpoint.keep,
-                                    config.checkpoint.every)
-    start = time.perf_counter()
-    with outputs.MetricsWriter(folder, tensorboard=config.logging.tensorboard) as writer:
-        log = outputs.ThroughputLog(Batcher(groups=groups, mesh=mesh), writer)
-        state = fit(trainer, state, log.batch, updates * settings.accumulation_steps, seed=seed,
-                    checkpointer=checkpointer, log_every=config.logging.every,
-                    metrics_writer=log.write, progress=config.logging.progress,
-                    stage=folder.name)
-    if checkpointer is not None:
-        checkpointer.close()
-    return state.params, time.perf_counter() - start
+    return train_stage(config, loss_fn, settings_schedule(settings, updates), params,
+                       Batcher(groups=groups, mesh=mesh), mesh, folder, seed, stage=folder.name)
 
 
 @dataclasses.dataclass

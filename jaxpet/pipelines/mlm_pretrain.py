@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,12 @@ from jax.sharding import Mesh
 from jaxpet.config import Config
 from jaxpet.data.batching import Batcher
 from jaxpet.data.example import Example
-from jaxpet.engine.checkpoint import Checkpointer
 from jaxpet.engine.optim import decay_mask, make_learning_rate_fn, make_optimizer, make_schedule
-from jaxpet.engine.training import Trainer, fit
 from jaxpet.models import LoadedModel, load_pretrained, save_pretrained
 from jaxpet.prompts import get_pvp
 from jaxpet.prompts.encoding import batch_encode, cut_counts, special_layout
-from jaxpet.runs.outputs import MetricsWriter, ThroughputLog, read_json, write_json
+from jaxpet.runs.outputs import read_json, write_json
+from jaxpet.runs.train_stage import Schedule, train_stage
 from jaxpet.scoring.cloze_step import make_mlm_loss
 
 # Top-level parameter subtree of the encoder in jaxpet's masked-LM module; everything else
@@ -179,29 +177,15 @@ def run(config: Config, lm: LoadedModel, examples: Sequence[Example], mesh: Mesh
     else:
         optimizer = head_only_optimizer(settings.learning_rate, settings.steps,
                                         settings.warmup_steps, settings.weight_decay)
-    trainer = Trainer(loss_fn, optimizer, mesh,
-                      learning_rate_fn=make_learning_rate_fn(settings.learning_rate,
-                                                             settings.steps,
-                                                             settings.warmup_steps))
-    state = trainer.init(lm.params)
+    schedule = Schedule(optimizer, make_learning_rate_fn(settings.learning_rate, settings.steps,
+                                                         settings.warmup_steps), settings.steps)
     batcher = Batcher(arrays, settings.batch_size, seed=config.seed, mesh=mesh)
-    checkpointer = None
-    if config.checkpoint.every:
-        checkpointer = Checkpointer(folder / "checkpoints", config.checkpoint.keep,
-                                    config.checkpoint.every)
     what = "MLM head and encoder" if settings.train_encoder else "MLM head"
     print(f"mlm_pretrain: {settings.steps} steps on {len(arrays['input_ids'])} sequences "
           f"({what})")
-    start = time.perf_counter()
-    with MetricsWriter(folder, tensorboard=config.logging.tensorboard) as writer:
-        log = ThroughputLog(batcher, writer)
-        state = fit(trainer, state, log.batch, settings.steps, seed=config.seed,
-                    checkpointer=checkpointer, log_every=config.logging.every,
-                    metrics_writer=log.write, progress=config.logging.progress)
-    if checkpointer is not None:
-        checkpointer.close()
-    params = jax.device_get(state.params)
-    seconds = time.perf_counter() - start
+    params, seconds = train_stage(config, loss_fn, schedule, lm.params, batcher, mesh, folder,
+                                  config.seed)
+    params = jax.device_get(params)
     save_pretrained(_replace_params(lm, params), model_dir)
     results = {"steps": settings.steps, "sequences": int(len(arrays["input_ids"])),
                "train_encoder": settings.train_encoder, "train_time_s": seconds,

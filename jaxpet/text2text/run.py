@@ -29,14 +29,13 @@ from jaxpet.config import Config, to_yaml
 from jaxpet.data.batching import Batcher
 from jaxpet.data.hf_dataset import local_folder
 from jaxpet.decoding.seq2seq import teacher_forcing
-from jaxpet.engine.checkpoint import Checkpointer
 from jaxpet.engine.compilation_cache import enable_compilation_cache
-from jaxpet.engine.optim import make_learning_rate_fn, make_optimizer
-from jaxpet.engine.training import Trainer, fit
+from jaxpet.engine.optim import num_updates
 from jaxpet.losses import seq2seq_loss
 from jaxpet.models import LoadedModel, load_pretrained
 from jaxpet.runs import fingerprint, outputs
 from jaxpet.runs.lock import RunLock
+from jaxpet.runs.train_stage import settings_schedule, train_stage
 from jaxpet.text2text.config import load_text2text_config
 from jaxpet.text2text.data import (
     check_data_files,
@@ -78,41 +77,21 @@ def make_seq2seq_loss(apply_fn: Callable, *, start_id: int = 0, pad_id: int = 0,
 def _train(config: Config, lm: LoadedModel, arrays: dict[str, np.ndarray], mesh: Mesh,
            out: Path, compiler_options: dict[str, Any] | None = None
            ) -> tuple[Any, int, float]:
-    from jaxpet.engine.optim import num_updates
-
     section = config.text2text
     if section.max_steps == 0:  # evaluation only: no optimizer, no checkpoint to restore
         print("text2text.max_steps is 0: evaluating the model as it is, without training")
         return lm.params, 0, 0.0
     updates = num_updates(section, len(arrays["input_ids"]), section.train_batch_size)
-    optimizer = make_optimizer(section.learning_rate, updates, section.warmup_steps,
-                               section.weight_decay, section.adam_epsilon,
-                               section.max_grad_norm, section.accumulation_steps)
-    lr_fn = make_learning_rate_fn(section.learning_rate, updates, section.warmup_steps,
-                                  section.accumulation_steps)
     loss_fn = make_seq2seq_loss(
         lm.module.apply, start_id=lm.config.decoder_start_token_id,
         pad_id=lm.config.pad_token_id, label_smoothing=section.label_smoothing,
         z_loss=section.z_loss, dropout=getattr(lm.config, "dropout_rate", 0.0) > 0.0)
-    trainer = Trainer(loss_fn, optimizer, mesh, learning_rate_fn=lr_fn,
-                      compiler_options=compiler_options)
-    state = trainer.init(lm.params)
-    checkpointer = None
-    if config.checkpoint.every:
-        checkpointer = Checkpointer(out / "checkpoints", config.checkpoint.keep,
-                                    config.checkpoint.every)
-    start = time.perf_counter()
     batcher = Batcher(groups={"": (arrays, section.train_batch_size, config.seed)}, mesh=mesh,
                       buckets=None)
-    with outputs.MetricsWriter(out, tensorboard=config.logging.tensorboard) as writer:
-        log = outputs.ThroughputLog(batcher, writer)
-        state = fit(trainer, state, log.batch, updates * section.accumulation_steps,
-                    seed=config.seed, checkpointer=checkpointer, log_every=config.logging.every,
-                    metrics_writer=log.write, progress=config.logging.progress,
-                    stage="text2text")
-    if checkpointer is not None:
-        checkpointer.close()
-    return state.params, updates, time.perf_counter() - start
+    params, seconds = train_stage(config, loss_fn, settings_schedule(section, updates), lm.params,
+                                  batcher, mesh, out, config.seed, stage="text2text",
+                                  compiler_options=compiler_options)
+    return params, updates, seconds
 
 
 def save_model(lm: LoadedModel, params: Any, folder: Path) -> None:
