@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import sys
+import traceback
 import warnings
 from typing import Any
 
@@ -51,10 +52,28 @@ class _QuietThreadErrors(logging.Filter):
                     and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
+class _QuietOrbaxTasks(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" records for orbax's write tasks: after a
+    failed save the caller gets the first error, and the sibling writes of the same save,
+    collected later, fail with the same error without anyone awaiting them. A task whose
+    traceback never passes through orbax is still logged; JAXPET_TRACEBACK=1 keeps them all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if os.environ.get("JAXPET_TRACEBACK") or not record.exc_info:
+            return True
+        if "exception was never retrieved" not in record.getMessage():
+            return True
+        frames = traceback.extract_tb(record.exc_info[2])
+        return not any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
+
+
 def _quiet_orbax_thread_errors() -> None:
     logger = logging.getLogger("absl")  # orbax logs through absl's logger
     if not any(isinstance(f, _QuietThreadErrors) for f in logger.filters):
         logger.addFilter(_QuietThreadErrors())
+    asyncio_logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _QuietOrbaxTasks) for f in asyncio_logger.filters):
+        asyncio_logger.addFilter(_QuietOrbaxTasks())
     if not getattr(sys.unraisablehook, "_jaxpet_quiet", False):
         sys.unraisablehook = _quiet_closed_loop_callbacks(sys.unraisablehook)
 

@@ -123,3 +123,50 @@ def test_closed_loop_callbacks_print_nothing_but_other_errors_do(tmp_path, trace
     assert "KeyError: 'an unrelated error'" in done.stderr
     # kept when the user asks for tracebacks
     assert ("RuntimeError: Event loop is closed" in done.stderr) == bool(traceback_env)
+
+
+# The other writes of a failed save fail too, as asyncio tasks nobody awaits once the first
+# error has been raised: asyncio logs each one as "Task exception was never retrieved" with its
+# traceback when it is collected (seen in one full-suite run). The child fails a task inside a
+# file under an `orbax` folder, as orbax's writes do, and an unrelated task that must still be
+# logged.
+ORPHAN_TASK_CHILD = r"""
+import asyncio, gc, importlib.util, sys
+from jaxpet.engine.checkpoint import Checkpointer
+
+Checkpointer(sys.argv[1], 2)
+spec = importlib.util.spec_from_file_location("writes", sys.argv[2])
+writes = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(writes)
+
+async def unrelated():
+    raise KeyError("an unrelated task error")
+
+async def main():
+    asyncio.ensure_future(writes.write())
+    asyncio.ensure_future(unrelated())
+    await asyncio.sleep(0.01)
+
+loop = asyncio.new_event_loop()
+loop.run_until_complete(main())
+loop.close()
+gc.collect()
+print("done")
+"""
+
+
+@pytest.mark.parametrize("traceback_env", ["", "1"])
+def test_orbax_write_tasks_never_awaited_print_nothing_but_other_tasks_do(tmp_path,
+                                                                         traceback_env):
+    writes = tmp_path / "site" / "orbax" / "writes.py"
+    writes.parent.mkdir(parents=True)
+    writes.write_text("async def write():\n    raise ValueError('File too large')\n")
+    env = {**os.environ, "JAXPET_TRACEBACK": traceback_env}
+    done = subprocess.run([sys.executable, "-c", ORPHAN_TASK_CHILD, str(tmp_path / "ck"),
+                           str(writes)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr
+    assert "KeyError: 'an unrelated task error'" in done.stderr
+    assert done.stderr.count("exception was never retrieved") == 2 - (not traceback_env)
+    # kept when the user asks for tracebacks
+    assert ("ValueError: File too large" in done.stderr) == bool(traceback_env)
