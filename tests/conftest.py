@@ -1,4 +1,4 @@
-"""Test-session setup: offline Hugging Face, a temporary HF_HOME, and 8 fake CPU devices."""
+"""Test session: offline Hugging Face, a temporary HF_HOME, 8 fake CPU devices, quick compiles."""
 
 import os
 import shutil
@@ -8,7 +8,13 @@ from collections.abc import Iterator
 import pytest
 
 # These must be set before jax, transformers or datasets are imported anywhere.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# XLA's quick CPU compile (LLVM's cheap passes: about half the compile time, slower code) for
+# every program of the session and of the train.py processes it starts, which inherit the
+# environment: the tiny models' runs are mostly compiling, and every comparison of two runs
+# (resumed and uninterrupted, parallel and sequential, a child's and the test's own) is then
+# between programs compiled the same way.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                      "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["HF_UPDATE_DOWNLOAD_COUNTS"] = "0"
@@ -56,21 +62,3 @@ def no_compilation_cache() -> Iterator[None]:
     yield
     compilation_cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", previous)
-
-
-@pytest.fixture(scope="module")
-def fast_compile() -> Iterator[None]:
-    """Train steps compile with FAST_CPU_COMPILE (half the CPU compile time, slower code) where
-    the caller leaves compiler_options unset, as in train.py runs inside a test's process."""
-    import jaxpet.engine.training
-
-    original = jaxpet.engine.training.Trainer.__init__
-
-    def init(self, *args, **kwargs):
-        if kwargs.get("compiler_options") is None:
-            kwargs["compiler_options"] = jaxpet.engine.training.FAST_CPU_COMPILE
-        original(self, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jaxpet.engine.training.Trainer, "__init__", init)
-        yield

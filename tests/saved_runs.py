@@ -13,7 +13,6 @@ import jax
 import pytest
 from test_train_cli import build_workspace
 
-import jaxpet.engine.training
 import jaxpet.pipelines.distill
 import jaxpet.pipelines.member
 import jaxpet.pipelines.pet
@@ -24,11 +23,10 @@ _RUNS: dict[str, dict[str, Any]] = {}
 
 
 def train(config: Any) -> dict[str, Any]:
-    """Runs `config` with fast CPU compiles; returns {folder name: trained params} of every
+    """Runs `config`; returns {folder name: trained params} of every
     training in it (members by member name, iPET members as g1/p0-s0, `distilled`)."""
     trained: dict[str, Any] = {}
     original_train = jaxpet.pipelines.member.train
-    original_init = jaxpet.engine.training.Trainer.__init__
 
     def spy(config, settings, loss_fn, params, groups, mesh, folder, seed):
         params, seconds = original_train(config, settings, loss_fn, params, groups, mesh,
@@ -39,15 +37,9 @@ def train(config: Any) -> dict[str, Any]:
         trained[name] = jax.device_get(params)
         return params, seconds
 
-    def init(self, *args, **kwargs):
-        if kwargs.get("compiler_options") is None:
-            kwargs["compiler_options"] = jaxpet.engine.training.FAST_CPU_COMPILE
-        original_init(self, *args, **kwargs)
-
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(jaxpet.pipelines.member, "train", spy)  # the members
         patch.setattr(jaxpet.pipelines.distill, "train", spy)  # the classifiers
-        patch.setattr(jaxpet.engine.training.Trainer, "__init__", init)
         jaxpet.pipelines.pet.run(config)
     return trained
 

@@ -146,8 +146,6 @@ def _flat(tree) -> list[np.ndarray]:
 
 
 @pytest.mark.slow  # two PET steps with dropout compile for about a minute on a loaded CPU
-# both ways' steps compile with FAST_CPU_COMPILE (conftest.fast_compile), the same options
-@pytest.mark.usefixtures("fast_compile")
 def test_ensemble_parallel_members_train_as_the_sequential_ones(tmp_path, capsys, monkeypatch):
     steps = 2
     seen: dict = {"sequential": {}, "losses": {}}

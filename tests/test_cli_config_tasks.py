@@ -9,10 +9,6 @@ from test_train_cli import build_workspace
 from jaxpet.cli import train_main
 from jaxpet.config import ConfigError, load_config, to_yaml
 
-# the train steps compile with FAST_CPU_COMPILE (conftest.fast_compile): every run here, the
-# reference ones included, so each comparison is between programs compiled the same way
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 WORDS = {"1": "world", "2": "sports", "3": "business", "4": "tech"}
 
 

@@ -705,7 +705,7 @@ def bert_checkpoint(tmp_path_factory) -> Path:
 # counts only them (a lower bound) and this test runs in every ordinary pytest run.
 @pytest.mark.skipif("MUTANT_UNDER_TEST" in os.environ, reason="too slow to rerun per mutant")
 def test_two_real_steps_move_the_student_toward_the_teachers_soft_labels(
-        tmp_path, fast_compile, bert_checkpoint):
+        tmp_path, bert_checkpoint):
     checkpoint = bert_checkpoint
     data = _data(n_unlabeled=4)
     config = _config(tmp_path, model_name=str(checkpoint),

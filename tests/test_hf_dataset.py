@@ -148,7 +148,6 @@ RUN = ["pet.pattern_ids=[0]", "pet.max_steps=2", "no_distillation=true", "eval.z
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("fast_compile")  # both runs compile the same (faster) programs
 def test_train_py_run_on_a_dataset_equals_the_run_on_its_csv_files(workspace):
     """Two 2-step PET runs, one on the CSV files and one on the save_to_disk folder: the same
     examples in the same order give the same batches, so the same trained scores."""
@@ -323,7 +322,6 @@ def test_datasets_is_an_extra_that_runs_without_hf_dataset_never_import(monkeypa
 
 
 @pytest.mark.slow
-@pytest.mark.usefixtures("fast_compile")  # both runs compile the same (faster) programs
 def test_train_py_config_defined_task_on_a_dataset_equals_its_csv_task(workspace):
     """A config-defined task (only its labels, patterns and verbalizer) on the save_to_disk
     folder trains and scores as the same task defined on the CSV files."""

@@ -12,10 +12,6 @@ import pytest
 
 from jaxpet.runs.outputs import read_jsonl
 
-# the train steps compile with FAST_CPU_COMPILE (conftest.fast_compile): every run here, the
-# reference ones included, so each comparison is between programs compiled the same way
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 # Words kept out of the vocabulary so that they split into word pieces (multi-token answers).
 PIECES = {"greatness": ["great", "##ness"], "kathmandu": ["kath", "##mandu"]}
 COPA = [  # premise, question, right choice, wrong choice

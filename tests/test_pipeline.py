@@ -18,10 +18,6 @@ import jaxpet.pipelines.pet
 from jaxpet.config import load_config
 from jaxpet.runs import outputs
 
-# the train steps compile with FAST_CPU_COMPILE (conftest.fast_compile): every run here, the
-# reference ones included, so each comparison is between programs compiled the same way
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 LABELS = ["1", "2", "3", "4"]
 MEMBERS = ["p0-s0", "p1-s0"]
 TEMPERATURE = 3.0  # not the default 2: the run must use the configured one

@@ -31,9 +31,6 @@ SCORE_TOL = dict(rtol=1e-5, atol=1e-5)
 EXACT_TOL = dict(rtol=0, atol=2e-5)
 
 
-# the train steps compile with FAST_CPU_COMPILE (conftest.fast_compile)
-pytestmark = pytest.mark.usefixtures("fast_compile")
-
 
 def softmax_np(scores_NxL: np.ndarray) -> np.ndarray:
     shifted = np.asarray(scores_NxL, np.float64) - np.max(scores_NxL, axis=-1, keepdims=True)

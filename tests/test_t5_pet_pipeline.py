@@ -20,7 +20,6 @@ from test_pipeline import (
 )
 from test_train_cli import _rows, build_workspace
 
-import jaxpet.engine.training
 import jaxpet.scoring.scorer
 from jaxpet.cli import train_main
 from jaxpet.config import load_config
@@ -30,21 +29,6 @@ from jaxpet.runs.outputs import read_jsonl
 LABELS = ["1", "2", "3", "4"]
 MEMBERS = ["p0-s0", "p1-s0"]
 TEMPERATURE = 2.5  # not the default 2: the run must use the configured one
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    """The pipeline's train steps compile with FAST_CPU_COMPILE (halves CPU compile times)."""
-    original = jaxpet.engine.training.Trainer.__init__
-
-    def init(self, *args, **kwargs):
-        if kwargs.get("compiler_options") is None:  # the ensemble step's member Trainer too
-            kwargs["compiler_options"] = jaxpet.engine.training.FAST_CPU_COMPILE
-        original(self, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(jaxpet.engine.training.Trainer, "__init__", init)
-        yield
 
 
 def make_tiny_t5_backbone(folder: Path) -> None:

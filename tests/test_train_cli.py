@@ -17,9 +17,6 @@ from jaxpet.config import load_config
 from jaxpet.runs.outputs import read_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
-# the train steps compile with FAST_CPU_COMPILE (conftest.fast_compile); no assertion here
-# compares trained numbers with a run compiled otherwise
-pytestmark = pytest.mark.usefixtures("fast_compile")
 TOPICS = {  # label -> (verbalizer word, topic words)
     "1": ("world", ["minister", "election", "border", "treaty", "embassy"]),
     "2": ("sports", ["match", "goal", "coach", "league", "striker"]),

@@ -24,23 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 # "step DIR K" SIGKILLs the process right after DIR/metrics.jsonl received step K (a real kill:
 # no cleanup, the async checkpoint of the next steps may be half-written); "write DIR N"
 # SIGKILLs it halfway through writing the N-th file that goes into DIR (truncated, synced).
-# Train steps compile with FAST_CPU_COMPILE here and in the test's own runs (fast_compile):
-# the same programs on both sides of every comparison, compiled in half the time.
 KILL_CHILD = r"""
 import os, signal, sys
 from pathlib import Path
-from jaxpet.engine import training
 from jaxpet.runs import outputs
 from jaxpet.cli import train_main
-
-original_init = training.Trainer.__init__
-
-def init(self, *args, **kwargs):
-    if kwargs.get("compiler_options") is None:
-        kwargs["compiler_options"] = training.FAST_CPU_COMPILE
-    original_init(self, *args, **kwargs)
-
-training.Trainer.__init__ = init
 
 kind, target, number = sys.argv[1], Path(sys.argv[2]).resolve(), int(sys.argv[3])
 if kind == "step":
@@ -124,9 +112,6 @@ def assert_same_results(out: Path, reference: Path, arrays: list[str]) -> None:
         np.testing.assert_allclose(np.load(out / name), np.load(reference / name),
                                    rtol=1e-5, atol=1e-6, err_msg=name)
 
-
-# the train steps compile with FAST_CPU_COMPILE (conftest.fast_compile)
-pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from jaxpet.runs.outputs import read_jsonl
 
 
 @pytest.mark.slow  # two train.py stages in one run, ~40 s on 2 shared cores
-@pytest.mark.usefixtures("fast_compile")
 def test_non_finite_distillation_loss_stops_the_run(capsys, tmp_path):
     workspace = build_workspace(tmp_path)
     out = tmp_path / "out"

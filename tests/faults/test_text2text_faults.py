@@ -20,8 +20,6 @@ from jaxpet.runs.outputs import read_jsonl
 from jaxpet.text2text.config import load_text2text_config
 from jaxpet.text2text.run import run
 
-# train.py runs in this process compile as the finished run's (FAST_CPU_COMPILE)
-pytestmark = pytest.mark.usefixtures("fast_compile")
 ROOT = Path(__file__).resolve().parents[2]
 TINY_CONFIG = ROOT / "configs" / "t5_tiny_offline.yaml"
 
