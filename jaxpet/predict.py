@@ -21,6 +21,8 @@ from jaxpet.data.example import Example
 from jaxpet.data.tasks import get_task
 from jaxpet.engine.sharding import build_mesh, make_mesh
 from jaxpet.models import LoadedModel, load_pretrained
+from jaxpet.pipelines.distill import encode_classifier_inputs
+from jaxpet.pipelines.member import pattern_scores, place_params, predict_logits, prepare_pattern
 from jaxpet.pipelines.merge import merge_logits, softmax
 from jaxpet.pipelines.setup import TaskData, register_config_task
 from jaxpet.predict_inputs import as_examples, read_input
@@ -29,10 +31,6 @@ from jaxpet.runs import outputs
 from jaxpet.runs.final_model import final_model_folders, member_weights
 from jaxpet.runs.saved_model import ModelCard, SavedModelError, read_card
 from jaxpet.scoring.cloze_step import make_classifier_logits_fn
-
-# jaxpet.pipelines.member and jaxpet.pipelines.distill are imported inside the functions that
-# use them, as the pipelines' move left those lines; no cycle requires it (every prediction
-# loads pipelines.member, and this module is above the pipelines).
 
 # the head each scorer kind loads its saved folder with (jaxpet.models.load_pretrained)
 HEADS = {"cloze": "mlm", "candidates": "mlm", "seq2seq": "seq2seq", "classifier": "classifier"}
@@ -60,16 +58,10 @@ class SavedScorer:
         """Raw label scores [N, L] as the run's evaluation writes them (eval_logits.npy):
         verbalizer logits (cloze), summed candidate log-likelihoods (candidates), T5 label
         log-likelihoods (seq2seq) or classifier logits."""
-        from jaxpet.pipelines.member import predict_logits
-
         if self.card.scorer == "classifier":
-            from jaxpet.pipelines.distill import encode_classifier_inputs
-
             self.fn = self.fn or make_classifier_logits_fn(self.lm.module.apply)
             arrays = encode_classifier_inputs(self.lm, examples, self.card.max_seq_length)
             return predict_logits(self.config, self.fn, self.lm.params, arrays, self.mesh)
-        from jaxpet.pipelines.member import pattern_scores, prepare_pattern
-
         # the pipeline's own encoding: the new texts are the evaluation set; one example
         # stands in for the labeled set, which prediction does not use
         data = TaskData(self.card.task, list(self.card.labels), train=list(examples[:1]),
@@ -182,7 +174,6 @@ def prediction_mesh(config: Config) -> Any:
 def load_scorer(folder: Path, batch_size: int | None = None,
                 mesh: Mesh | None = None) -> SavedScorer:
     """One saved model folder as a SavedScorer; errors name the folder's file and key."""
-    from jaxpet.pipelines.member import place_params
 
     card = read_card(folder)
     config = card_config(card, folder, batch_size)
