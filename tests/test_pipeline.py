@@ -16,6 +16,7 @@ import jaxpet.pipelines.distill
 import jaxpet.pipelines.member
 import jaxpet.pipelines.pet
 from jaxpet.config import load_config
+from jaxpet.engine.checkpoint import Checkpointer
 from jaxpet.runs import outputs
 
 LABELS = ["1", "2", "3", "4"]
@@ -185,6 +186,18 @@ def _kill_in(monkeypatch, folder_name: str, at_step: int) -> None:
 def test_killed_pipeline_resumes_to_the_same_results(workspace, pet_run, monkeypatch):
     reference_out, reference = pet_run
     out = workspace["root"] / "resumed"
+    # resumed, not restarted: each killed stage restores the checkpoint of its last logged step
+    # when the run is repeated (a restart from step 0 would log the same steps and, without
+    # dropout, reach the same results, so only the restore tells the two apart)
+    restored: dict[str, int | None] = {}
+    original_restore = Checkpointer.restore_latest
+
+    def restore_latest(self, target_state, below=None):
+        step, state = original_restore(self, target_state, below)
+        restored[Path(self.directory).parent.name] = step
+        return step, state
+
+    monkeypatch.setattr(Checkpointer, "restore_latest", restore_latest)
     # the first kill falls mid-member (p0-s0 finished: a member boundary lies behind it),
     # the second one mid-distillation
     for folder_name, step in (("p1-s0", 2), ("distilled", 2)):
@@ -193,9 +206,11 @@ def test_killed_pipeline_resumes_to_the_same_results(workspace, pet_run, monkeyp
             with pytest.raises(Killed, match=folder_name):
                 _run(workspace, out, "classifier.baseline=true", "eval.zero_shot=false")
         assert not (out / folder_name / "results.json").exists()
+    assert restored == {"p1-s0": 2}  # by the second run, which then stopped in distillation
     steps = [r["step"] for r in outputs.read_jsonl(out / "p1-s0" / "metrics.jsonl")]
-    assert steps[0] == 1 and steps[-1] == 3 and len(steps) < 6  # resumed, not restarted
+    assert steps[0] == 1 and steps[-1] == 3 and len(steps) < 6
     results = _run(workspace, out, "classifier.baseline=true", "eval.zero_shot=false")
+    assert restored == {"p1-s0": 2, "distilled": 2}, restored
 
     def untimed(members: dict) -> dict:
         return {n: {k: v for k, v in r.items() if k != "train_time_s"} for n, r in members.items()}
