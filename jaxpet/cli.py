@@ -11,6 +11,9 @@ import sys
 import warnings
 from collections.abc import Sequence
 
+# Each command imports what it runs (JAX, transformers, the pipelines) inside its function, so
+# that `--help` and a bad argument answer at once and no command loads another's libraries.
+
 # Errors a user causes (config, paths, data, labels, over-long inputs): printed as one message
 # with exit status 2 instead of a traceback. Set JAXPET_TRACEBACK=1 to see the traceback.
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, NotImplementedError)

@@ -11,6 +11,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+# Each subcommand imports its benchmark module (JAX; torch for the reference ways) when it runs,
+# so that `--help` answers at once and a subcommand never loads another's libraries.
+
 
 def _fmt(value: Any) -> str:
     if isinstance(value, float):

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpet.decoding.multi_mask import make_multi_mask_decoder
+from jaxpet.models.config import EncoderConfig
+from jaxpet.models.pretrained import init_model
 
 PAD, CLS, SEP, MASK = 0, 101, 102, 103  # BERT's ids
 SMALL_BERT = dict(model_type="bert", vocab_size=30522, hidden_size=256, embedding_size=256,
@@ -30,9 +32,6 @@ PET_CHUNK = 8  # the original PET scores at most 8 candidates per forward pass
 
 def small_mlm(seed: int = 0, dtype: Any = jnp.float32) -> tuple[Callable, Any, int, str]:
     """(apply_fn(params, ids, mask, positions) -> [B, P, V], params, vocab size, description)."""
-    from jaxpet.models.config import EncoderConfig
-    from jaxpet.models.pretrained import init_model
-
     lm = init_model(EncoderConfig(**SMALL_BERT), head="mlm", seed=seed, dtype=dtype)
 
     def apply_fn(params, input_ids, attention_mask, positions):

@@ -24,7 +24,7 @@ def real_wordpiece_tokenizer() -> Any | None:
         import all_minilm_l6_v2
     except ImportError:
         return None
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers takes seconds to import
 
     archive = os.path.join(os.path.dirname(all_minilm_l6_v2.__file__), "model.zip")
     folder = tempfile.mkdtemp(prefix="jaxpet_wordpiece_")
@@ -43,7 +43,7 @@ def _pseudo_words(rng: random.Random, n: int) -> list[str]:
 def trained_wordpiece_tokenizer(vocab_size: int = 8000, seed: int = 0) -> Any:
     """A BERT tokenizer whose WordPiece vocabulary is trained here on synthetic text."""
     from tokenizers import BertWordPieceTokenizer
-    from transformers import BertTokenizer
+    from transformers import BertTokenizer  # transformers takes seconds to import
 
     rng = random.Random(seed)
     words = _pseudo_words(rng, 20000)

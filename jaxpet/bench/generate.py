@@ -10,11 +10,16 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import jax
 import numpy as np
+
+from jaxpet.decoding.seq2seq import generate
+from jaxpet.models.t5_convert import load_t5
 
 
 def _build_checkpoint(folder: str, d_model: int, num_layers: int, num_heads: int, d_ff: int,
                       vocab_size: int, seed: int) -> Any:
+    # torch is not a jaxpet dependency: only the PyTorch reference way needs it
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
@@ -35,11 +40,8 @@ def run_generate_benchmark(batch_size: int = 8, input_length: int = 64, max_new_
 
     EOS is disabled on both sides so every row decodes exactly max_new_tokens tokens and both
     do the same work; tokens/s counts batch_size * max_new_tokens generated tokens."""
-    import jax
+    # torch is not a jaxpet dependency: only the PyTorch reference way needs it
     import torch
-
-    from jaxpet.decoding.seq2seq import generate
-    from jaxpet.models.t5_convert import load_t5
 
     folder = tempfile.mkdtemp(prefix="jaxpet-bench-t5-")
     hf = _build_checkpoint(folder, d_model, num_layers, num_heads, d_ff, vocab_size, seed)

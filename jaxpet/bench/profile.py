@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
+from jax.profiler import ProfileData
 
 CATEGORIES = ("matmul", "random bits", "reduction", "data movement", "collective",
               "elementwise", "other")
@@ -188,8 +189,6 @@ def profile_steps_by_op(step: Callable[[Any], Any], steps: int, hlo_text: str) -
     On a CPU the XLA worker threads run ops side by side, so op time can exceed wall time;
     the shares are of op time.
     """
-    from jax.profiler import ProfileData
-
     categories = op_categories(hlo_text)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()

@@ -17,6 +17,7 @@ import numpy as np
 
 
 def _torch():
+    # torch is not a jaxpet dependency: only the PyTorch reference way needs it
     import torch
 
     return torch

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpet.bench.profile import profile_steps_by_op
-from jaxpet.bench.torch_pet import mlm_labels
+from jaxpet.bench.torch_pet import make_torch_step, mlm_labels
 from jaxpet.data.masking import mask_tokens_positions
 from jaxpet.engine.flops import train_step_flops
 from jaxpet.engine.optim import make_optimizer
@@ -233,10 +233,9 @@ def bench_jaxpet(config, batch, dtype, max_targets, steps, warmup, seed=0,
 
 
 def bench_torch(config, batch, way, dtype, max_targets, steps, warmup, seed=0) -> WayResult:
+    # torch is not a jaxpet dependency: only the PyTorch reference way needs it
     import torch
     from transformers import AutoModelForMaskedLM
-
-    from jaxpet.bench.torch_pet import make_torch_step
 
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -31,10 +31,14 @@ from jaxpet.data.hf_dataset import local_folder
 from jaxpet.decoding.seq2seq import teacher_forcing
 from jaxpet.engine.compilation_cache import enable_compilation_cache
 from jaxpet.engine.optim import num_updates
+from jaxpet.engine.sharding import build_mesh, check_batch_sizes
 from jaxpet.losses import seq2seq_loss
 from jaxpet.models import LoadedModel, load_pretrained
+from jaxpet.models.options import with_model_options
+from jaxpet.models.t5_convert import save_t5
 from jaxpet.runs import fingerprint, outputs
 from jaxpet.runs.lock import RunLock
+from jaxpet.runs.outputs import check_output_dir
 from jaxpet.runs.train_stage import settings_schedule, train_stage
 from jaxpet.text2text.config import load_text2text_config
 from jaxpet.text2text.data import (
@@ -96,7 +100,6 @@ def _train(config: Config, lm: LoadedModel, arrays: dict[str, np.ndarray], mesh:
 
 def save_model(lm: LoadedModel, params: Any, folder: Path) -> None:
     """The fine-tuned model in HF layout (config, safetensors, tokenizer), from process 0."""
-    from jaxpet.models.t5_convert import save_t5
 
     params = jax.device_get(params)
     if jax.process_index() != 0:
@@ -111,7 +114,6 @@ def load_model(config: Config) -> Any:
                          seed=config.seed)
     if lm.tokenizer is None:
         raise ValueError(f"model {config.model.name!r} has no tokenizer files")
-    from jaxpet.models.options import with_model_options
 
     return with_model_options(config, lm)
 
@@ -163,7 +165,6 @@ def run(config: str | os.PathLike | Mapping[str, Any] | Config,
     quick
     CPU tests).
     """
-    from jaxpet.runs.outputs import check_output_dir
 
     start = time.perf_counter()
     config = load_text2text_config(config, output_dir=output_dir)
@@ -179,7 +180,6 @@ def run(config: str | os.PathLike | Mapping[str, Any] | Config,
 def _run_in_folder(config: Config, out: Path, start: float,
                    compiler_options: dict[str, Any] | None) -> dict[str, Any]:
     """run() once the output folder is locked and its fingerprint checked."""
-    from jaxpet.engine.sharding import build_mesh, check_batch_sizes
 
     section = config.text2text
     enable_compilation_cache(config.compilation_cache)
