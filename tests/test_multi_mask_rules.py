@@ -293,6 +293,11 @@ def test_forward_passes_run_on_the_documented_row_counts():
                             reuse_first_pass=False)
     _check(np.asarray(got), expected)
     assert rows == [NUM_EX * NUM_CAND, 2, 2]
+    # row_buckets=1: one size, every later step runs on all M = 8 rows
+    rows.clear()
+    got = make_multi_mask_decoder(recording_apply, row_buckets=1)(PARAMS, ids, attn, pos, tgt)
+    _check(np.asarray(got), expected)
+    assert rows == [NUM_EX * K_MAX, 8, 8]
     # Two blocks of 4 rows (sizes 4, 2, 1 per block): the busiest block sets the size.
     rows.clear()
     got = make_multi_mask_decoder(recording_apply, row_blocks=2)(PARAMS, ids, attn, pos, tgt)
